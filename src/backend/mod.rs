@@ -1,0 +1,2 @@
+//! Backends. (in progress)
+pub mod cpu;

@@ -1,0 +1,1 @@
+//! The one decoder forward pass. (in progress)
