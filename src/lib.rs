@@ -14,3 +14,21 @@ pub mod tensor;
 pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub use model::Model;
+pub mod llm;
+pub mod output;
+
+pub use llm::{FinishReason, GenerateRequest, Llm, LlmConfig, RequestOutput};
+pub use sample::SamplingParams;
+
+/// Where the default model (SmolLM2-135M-Instruct Q4_1) is cached by
+/// `scripts/fetch-default-model.sh`: `$LLMRT_CACHE_DIR/models/...`, by default under
+/// `$HOME/.cache/llmrt`.
+pub fn default_model_path() -> std::path::PathBuf {
+    let cache = std::env::var_os("LLMRT_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+            std::path::PathBuf::from(home).join(".cache").join("llmrt")
+        });
+    cache.join("models").join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}

@@ -1,1 +1,7 @@
-//! KV cache. (in progress)
+//! The paged KV cache: storage and block bookkeeping.
+
+pub mod block_pool;
+pub mod cache;
+
+pub use block_pool::BlockPool;
+pub use cache::{KvCache, KvLayer};

@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use std::path::Path;
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos_token: Option<String>,
@@ -34,6 +35,11 @@ impl Tokenizer {
         let inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| Error::invalid_model(path, format!("tokenizer.json: {e}")))?;
         Ok(Self::new(inner, bos_token, eos_token))
+    }
+
+    /// A copy sharing nothing mutable (for use while the model is borrowed elsewhere).
+    pub fn clone_handle(&self) -> Tokenizer {
+        self.clone()
     }
 
     pub fn inner(&self) -> &tokenizers::Tokenizer {

@@ -1,1 +1,7 @@
-//! Sampling. (in progress)
+//! Turning logits into tokens.
+
+pub mod params;
+pub mod sampler;
+
+pub use params::SamplingParams;
+pub use sampler::Sampler;

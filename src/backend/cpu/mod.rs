@@ -1,1 +1,174 @@
-//! CPU backend. (in progress)
+//! The CPU backend: rayon-parallel kernels on a pool of `num_threads` workers.
+
+pub mod attention;
+pub mod linear;
+pub mod moe;
+pub mod ops;
+pub mod qdot;
+pub mod qdot_avx2;
+pub mod qdot_avx512;
+pub mod qdot_scalar;
+mod scratch;
+
+use super::{AttnMeta, Backend, MoeScratch, RopeTable};
+use crate::kv::{KvCache, KvLayer};
+use crate::model::arch::MoeSpec;
+use crate::model::weights::MoeWeights;
+use crate::tensor::Weight;
+use parking_lot::Mutex;
+
+/// A raw pointer that parallel tasks share to write disjoint parts of one output.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(pub *mut f32);
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    /// Method access makes closures capture the whole (Send) wrapper, not the raw field.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    routing: Mutex<moe::Routing>,
+}
+
+impl CpuBackend {
+    /// A backend with its own pool of `num_threads` worker threads (0: one per core).
+    pub fn new(num_threads: usize) -> Self {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(num_threads)
+            .thread_name(|i| format!("llmrt-cpu-{i}"))
+            .build()
+            .expect("failed to start the CPU worker threads");
+        CpuBackend {
+            pool,
+            routing: Mutex::new(moe::Routing::default()),
+        }
+    }
+
+    pub fn num_threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+
+    fn alloc(&self, len: usize) -> Vec<f32> {
+        vec![0.0; len]
+    }
+
+    fn embed(&self, ids: &[u32], table: &Weight, out: &mut Vec<f32>) {
+        self.pool.install(|| ops::embed(ids, table, out));
+    }
+
+    fn rms_norm(&self, x: &Vec<f32>, rows: usize, w: &Weight, eps: f32, out: &mut Vec<f32>) {
+        self.pool.install(|| ops::rms_norm(x, rows, w, eps, out));
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &Vec<f32>,
+        residual: &mut Vec<f32>,
+        rows: usize,
+        w: &Weight,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) {
+        self.pool
+            .install(|| ops::add_rms_norm(x, residual, rows, w, eps, out));
+    }
+
+    fn head_rms_norm(&self, x: &mut Vec<f32>, len: usize, w: &Weight, eps: f32) {
+        self.pool.install(|| ops::head_rms_norm(x, len, w, eps));
+    }
+
+    fn linear(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        w: &Weight,
+        bias: Option<&Weight>,
+        out: &mut Vec<f32>,
+    ) {
+        self.pool.install(|| linear::linear(x, rows, w, bias, out));
+    }
+
+    fn rope(
+        &self,
+        q: &mut Vec<f32>,
+        k: &mut Vec<f32>,
+        positions: &[u32],
+        num_heads: usize,
+        num_kv_heads: usize,
+        rope: &RopeTable,
+    ) {
+        self.pool
+            .install(|| ops::rope(q, k, positions, num_heads, num_kv_heads, rope));
+    }
+
+    fn write_kv(&self, k: &Vec<f32>, v: &Vec<f32>, slots: &[u32], cache: &mut KvLayer) {
+        ops::write_kv(k, v, slots, cache);
+    }
+
+    fn paged_attention(&self, q: &Vec<f32>, cache: &KvLayer, meta: &AttnMeta, out: &mut Vec<f32>) {
+        self.pool
+            .install(|| attention::paged_attention(q, cache, meta, out));
+    }
+
+    fn add(&self, x: &Vec<f32>, acc: &mut Vec<f32>, n: usize) {
+        for (a, v) in acc[..n].iter_mut().zip(&x[..n]) {
+            *a += v;
+        }
+    }
+
+    fn silu_mul(&self, gate: &Vec<f32>, up: &Vec<f32>, n: usize, out: &mut Vec<f32>) {
+        self.pool.install(|| ops::silu_mul(gate, up, n, out));
+    }
+
+    fn moe(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        experts: &MoeWeights,
+        spec: &MoeSpec,
+        scratch: &mut MoeScratch<Vec<f32>>,
+        out: &mut Vec<f32>,
+    ) {
+        let mut guard = self.routing.lock();
+        let routing: &mut moe::Routing = &mut guard;
+        self.pool
+            .install(|| moe::moe(x, rows, experts, spec, scratch, routing, out));
+    }
+
+    fn copy_blocks(&self, cache: &mut KvCache, pairs: &[(u32, u32)]) {
+        for layer in &mut cache.layers {
+            for &(src, dst) in pairs {
+                ops::copy_block(layer, src, dst);
+            }
+        }
+    }
+
+    fn logits(
+        &self,
+        hidden: &Vec<f32>,
+        rows: &[u32],
+        norm: &Weight,
+        eps: f32,
+        head: &Weight,
+        scratch: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let h = norm.numel();
+        for (i, &r) in rows.iter().enumerate() {
+            let r = r as usize;
+            scratch[i * h..(i + 1) * h].copy_from_slice(&hidden[r * h..(r + 1) * h]);
+        }
+        self.pool.install(|| {
+            ops::rms_norm_inplace(scratch, rows.len(), norm, eps);
+            linear::linear(scratch, rows.len(), head, None, out);
+        });
+    }
+}

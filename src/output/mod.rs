@@ -1,0 +1,5 @@
+//! Turning generated token ids into text.
+
+pub mod detokenizer;
+
+pub use detokenizer::IncrementalDetokenizer;

@@ -1,0 +1,72 @@
+//! Sampling parameters with vLLM's names and meanings.
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    /// Keep the smallest set of tokens whose probability reaches `top_p` (1 = off).
+    pub top_p: f32,
+    /// Keep the `top_k` most likely tokens (-1 or 0 = off).
+    pub top_k: i32,
+    /// Per-request seed: the same seed gives the same tokens whatever else runs.
+    pub seed: Option<u64>,
+    pub max_tokens: usize,
+    /// Keep generating after an end-of-sequence token.
+    pub ignore_eos: bool,
+    /// Extra token ids that end generation.
+    pub stop_token_ids: Vec<u32>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: -1,
+            seed: None,
+            max_tokens: 16,
+            ignore_eos: false,
+            stop_token_ids: vec![],
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy(max_tokens: usize) -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            max_tokens,
+            ..Default::default()
+        }
+    }
+
+    /// Checks every field; the error names the field and the allowed range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::InvalidRequest(msg));
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return bad(format!(
+                "temperature must be a non-negative number, got {}",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if self.top_k < -1 {
+            return bad(format!(
+                "top_k must be -1 (off), 0 (off) or positive, got {}",
+                self.top_k
+            ));
+        }
+        if self.max_tokens == 0 {
+            return bad("max_tokens must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature < 1e-5
+    }
+}
