@@ -36,7 +36,7 @@ pub struct MoeConfig {
 impl MoeConfig {
     pub fn is_sparse_layer(&self, layer: usize) -> bool {
         self.decoder_sparse_step > 0
-            && (layer + 1) % self.decoder_sparse_step == 0
+            && (layer + 1).is_multiple_of(self.decoder_sparse_step)
             && !self.mlp_only_layers.contains(&layer)
     }
 }
@@ -213,13 +213,16 @@ impl ModelConfig {
                 return Err(format!("`{name}` = {value} is out of range 1..={max}"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {

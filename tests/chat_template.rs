@@ -563,7 +563,6 @@ fn trailing_newline_is_dropped_and_blocks_are_trimmed() {
 /// `{% break %}` / `{% continue %}` (Jinja2's loopcontrols extension, which transformers
 /// enables) need minijinja's `loop_controls` cargo feature.
 #[test]
-#[ignore = "needs the minijinja cargo feature `loop_controls` (Cargo.toml)"]
 fn loop_controls() {
     let src = "{% for m in messages %}{% if m.role == 'skip' %}{% continue %}{% endif %}\
                {% if m.role == 'stop' %}{% break %}{% endif %}{{ m.content }}{% endfor %}";
@@ -581,7 +580,6 @@ fn loop_controls() {
 /// transformers keeps dict keys in insertion order (tool schemas are printed with
 /// `tojson`); this needs the `preserve_order` features of serde_json and minijinja.
 #[test]
-#[ignore = "needs the cargo features serde_json/preserve_order and minijinja/preserve_order (Cargo.toml)"]
 fn tojson_keeps_key_order() {
     let tmpl = ChatTemplate::new("{{ tools[0] | tojson }}", None, None).unwrap();
     let tools: Value = serde_json::from_str(
@@ -593,4 +591,29 @@ fn tojson_keeps_key_order() {
         out,
         r#"{"type": "function", "function": {"name": "f", "description": "d"}}"#
     );
+}
+
+#[test]
+fn chat_template_can_be_shared_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ChatTemplate>();
+    let tmpl =
+        std::sync::Arc::new(ChatTemplate::new("{{ messages[0].content }}", None, None).unwrap());
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let t = tmpl.clone();
+            std::thread::spawn(move || {
+                t.render(
+                    &json!([{"role": "user", "content": format!("m{i}")}]),
+                    false,
+                    None,
+                    None,
+                )
+                .unwrap()
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), format!("m{i}"));
+    }
 }

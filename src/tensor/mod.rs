@@ -54,7 +54,7 @@ impl DType {
     /// Bytes needed for `n` values, or None if `n` is not a whole number of blocks
     /// or the size overflows.
     pub fn bytes_for(self, n: usize) -> Option<usize> {
-        if n % self.block_len() != 0 {
+        if !n.is_multiple_of(self.block_len()) {
             return None;
         }
         (n / self.block_len()).checked_mul(self.block_bytes())
@@ -159,7 +159,7 @@ impl Weight {
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| format!("shape {shape:?} overflows"))?;
         let row = *shape.last().unwrap_or(&1);
-        if row % dtype.block_len() != 0 {
+        if !row.is_multiple_of(dtype.block_len()) {
             return Err(format!(
                 "row length {row} is not a multiple of the {dtype} block size {}",
                 dtype.block_len()
@@ -188,7 +188,7 @@ impl Weight {
             _ => 1,
         };
         let ptr = storage.bytes()[offset..].as_ptr() as usize;
-        if ptr % align != 0 {
+        if !ptr.is_multiple_of(align) {
             let copy = AlignedBytes::from_slice(&storage.bytes()[offset..end]);
             return Ok(Weight {
                 dtype,

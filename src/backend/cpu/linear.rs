@@ -133,3 +133,70 @@ fn tiled_gemm(x: &[f32], rows: usize, w: &Weight, out: &mut [f32]) {
             });
         });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::AlignedBytes;
+    use std::sync::Arc;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 500.0) - 1.0)
+            .collect()
+    }
+
+    fn f16_weight(rows: usize, cols: usize, v: &[f32]) -> Weight {
+        let bytes: Vec<u8> = v
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect();
+        Weight::new(
+            DType::F16,
+            vec![rows, cols],
+            Arc::new(AlignedBytes::from_slice(&bytes)),
+            0,
+            bytes.len(),
+        )
+        .unwrap()
+    }
+
+    /// Every path (row dots, tiled f32 conversion + gemm, dense gemm) equals a naive product.
+    #[test]
+    fn linear_paths_match_naive_product() {
+        let (n_out, k) = (150, 96);
+        let wv = values(n_out * k, 1);
+        let bias = values(n_out, 2);
+        for weight in [
+            Weight::from_f32(vec![n_out, k], &wv),
+            f16_weight(n_out, k, &wv),
+        ] {
+            let dense = weight.to_f32_vec();
+            for rows in [1, 3, 4, 5, 37] {
+                let x = values(rows * k, 3 + rows as u64);
+                let mut out = vec![0f32; rows * n_out];
+                linear(
+                    &x,
+                    rows,
+                    &weight,
+                    Some(&Weight::from_f32(vec![n_out], &bias)),
+                    &mut out,
+                );
+                for t in 0..rows {
+                    for r in 0..n_out {
+                        let want: f64 = (0..k)
+                            .map(|i| x[t * k + i] as f64 * dense[r * k + i] as f64)
+                            .sum::<f64>()
+                            + bias[r] as f64;
+                        let got = out[t * n_out + r] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "{:?} rows {rows} ({t},{r}): {got} vs {want}",
+                            weight.dtype
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
