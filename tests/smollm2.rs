@@ -1,0 +1,115 @@
+//! SmolLM2-135M-Instruct from its Q4_1 GGUF against transformers on the exactly
+//! dequantised float32 weights (fixtures: tests/fixtures/smollm2), plus its tokenizer and
+//! chat template built from GGUF metadata.
+
+mod common;
+use common::*;
+use llmrt::model::chat_template::ChatTemplate;
+use llmrt::Model;
+
+/// 30 layers accumulate more rounding than the tiny models: the fixtures README's tolerance.
+const TOL: f64 = 3e-3;
+
+fn model_path() -> std::path::PathBuf {
+    let p = llmrt::default_model_path();
+    assert!(
+        p.exists(),
+        "default model missing at {}: run scripts/fetch-default-model.sh",
+        p.display()
+    );
+    p
+}
+
+fn check_shape(shape: RunShape) {
+    let expected = read_json(&fixtures().join("smollm2").join("expected_f32_weights.json"));
+    let prompts: Vec<Vec<u32>> = expected["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| ids(&p["ids"]))
+        .collect();
+    let vocab = 49152;
+    let run = run_prompts(&model_path(), &prompts, 32, shape);
+    for (p, prompt) in prompts.iter().enumerate() {
+        let what = format!("smollm2 prompt {p} {shape:?}");
+        let logits = &run.prompt_logits[p];
+        let last = &logits[(prompt.len() - 1) * vocab..];
+        let top20 = &expected["last_logits_top20"][p];
+        for (id, want) in ids(&top20["ids"]).iter().zip(floats(&top20["logits"])) {
+            let got = last[*id as usize] as f64;
+            assert!(
+                (got - want).abs() <= TOL,
+                "{what}: last logit of {id} is {got}, reference {want}"
+            );
+        }
+        let top5 = &expected["prompt_top5"][p];
+        for t in 0..prompt.len() {
+            let lp = log_softmax(&logits[t * vocab..(t + 1) * vocab]);
+            check_top5(
+                &format!("{what} position {t}"),
+                &lp,
+                &ids(&top5["ids"][t]),
+                &floats(&top5["logprobs"][t]),
+                top5["sixth_logprob"][t].as_f64().unwrap(),
+                TOL,
+            );
+        }
+        assert_eq!(
+            run.greedy[p],
+            ids(&expected["greedy_ids"][p]),
+            "{what}: greedy tokens"
+        );
+    }
+}
+
+#[test]
+fn q4_1_gguf_matches_transformers_in_one_batch() {
+    check_shape(RunShape {
+        all_in_one_batch: true,
+        prefill_chunk: 512,
+        block_size: 16,
+    });
+}
+
+#[test]
+fn q4_1_gguf_matches_transformers_chunked_one_at_a_time() {
+    check_shape(RunShape {
+        all_in_one_batch: false,
+        prefill_chunk: 7,
+        block_size: 32,
+    });
+}
+
+#[test]
+fn gguf_chat_template_renders_and_tokenizes_like_transformers() {
+    let model = Model::load(&model_path()).unwrap();
+    let cases = read_json(&fixtures().join("smollm2").join("chat_cases.json"));
+    let source = model
+        .chat_template
+        .as_deref()
+        .expect("GGUF carries a chat template");
+    assert_eq!(source, cases["chat_template"].as_str().unwrap());
+    let template = ChatTemplate::new(
+        source,
+        model.tokenizer.bos_token(),
+        model.tokenizer.eos_token(),
+    )
+    .unwrap();
+    for case in cases["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let rendered = template
+            .render(
+                &case["messages"],
+                case["add_generation_prompt"].as_bool().unwrap(),
+                None,
+                None,
+            )
+            .unwrap();
+        assert_eq!(rendered, case["rendered"].as_str().unwrap(), "case {name}");
+        assert_eq!(
+            model.tokenizer.encode(&rendered, false).unwrap(),
+            ids(&case["ids"]),
+            "case {name}: ids"
+        );
+    }
+}
