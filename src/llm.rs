@@ -232,8 +232,9 @@ impl Llm {
                 }
             })
             .collect();
+        let mut scheduled = Vec::with_capacity(seqs.len());
         while seqs.iter().any(|s| s.finish.is_none()) {
-            let scheduled = self.schedule(&mut seqs)?;
+            self.schedule(&mut seqs, &mut scheduled)?;
             self.run_step(&mut seqs, &scheduled, &mut on_token);
         }
         Ok(seqs.into_iter().map(|s| self.finish_output(s)).collect())
@@ -241,9 +242,9 @@ impl Llm {
 
     /// Picks this step's tokens: running sequences in order, each owed tokens up to the
     /// prefill chunk and the step budget, while KV blocks and `max_num_seqs` allow.
-    fn schedule(&mut self, seqs: &mut [Seq]) -> Result<Vec<(usize, usize)>> {
+    fn schedule(&mut self, seqs: &mut [Seq], scheduled: &mut Vec<(usize, usize)>) -> Result<()> {
         let mut budget = self.opts.max_num_batched_tokens;
-        let mut scheduled = vec![];
+        scheduled.clear();
         let bs = self.opts.block_size;
         self.batch.clear();
         for (i, s) in seqs.iter_mut().enumerate() {
@@ -255,9 +256,8 @@ impl Llm {
             let need = (s.num_computed_tokens + n)
                 .div_ceil(bs)
                 .saturating_sub(s.blocks.len());
-            match self.pool.allocate(need) {
-                Some(new) => s.blocks.extend(new),
-                None => continue,
+            if !self.pool.allocate(need, &mut s.blocks) {
+                continue;
             }
             let start = s.num_computed_tokens;
             let first_row = self.batch.num_tokens() as u32;
@@ -280,7 +280,7 @@ impl Llm {
                 "the KV cache is too small for the running requests".into(),
             ));
         }
-        Ok(scheduled)
+        Ok(())
     }
 
     fn run_step(

@@ -23,16 +23,17 @@ impl BlockPool {
         self.free.len()
     }
 
-    /// Takes `n` blocks from the head of the free queue, or None (taking nothing) if fewer are free.
-    pub fn allocate(&mut self, n: usize) -> Option<Vec<u32>> {
+    /// Appends `n` blocks from the head of the free queue to `out`; false (taking nothing)
+    /// if fewer are free.
+    pub fn allocate(&mut self, n: usize, out: &mut Vec<u32>) -> bool {
         if n > self.free.len() {
-            return None;
+            return false;
         }
-        let blocks: Vec<u32> = self.free.drain(..n).collect();
-        for &b in &blocks {
+        for b in self.free.drain(..n) {
             self.ref_cnt[b as usize] = 1;
+            out.push(b);
         }
-        Some(blocks)
+        true
     }
 
     /// Adds a reference to a block already in use (sharing).

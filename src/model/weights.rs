@@ -2,7 +2,7 @@
 
 use super::TensorStore;
 use crate::config::ModelConfig;
-use crate::tensor::Weight;
+use crate::tensor::{DType, Weight};
 
 pub struct DenseMlp {
     pub gate: Weight,
@@ -62,6 +62,10 @@ impl Getter<'_> {
                 "tensor `{name}` has shape {:?}, expected {shape:?}",
                 w.shape
             ));
+        }
+        // Vectors (norm weights, biases) are tiny: keep them as f32 so kernels read them directly.
+        if shape.len() == 1 && w.dtype != DType::F32 {
+            return Ok(Weight::from_f32(vec![shape[0]], &w.to_f32_vec()));
         }
         Ok(w.clone())
     }

@@ -29,9 +29,9 @@ pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>, out: &m
         tiled_gemm(x, rows, w, out);
     }
     if let Some(b) = bias {
-        let b = b.to_f32_vec();
+        let b = b.as_f32().expect("biases are f32 (converted at load)");
         for row in out.chunks_exact_mut(n_out) {
-            for (o, bv) in row.iter_mut().zip(&b) {
+            for (o, bv) in row.iter_mut().zip(b) {
                 *o += bv;
             }
         }

@@ -17,13 +17,10 @@ pub fn embed(ids: &[u32], table: &Weight, out: &mut [f32]) {
         .for_each(|(row, &id)| table.dequantize_row(id as usize, row));
 }
 
-/// The norm weight as f32 (norm weights are small; f16/bf16 ones are converted per call
-/// only when not stored as f32, which the loaders avoid for the hot path).
+/// The norm weight as f32 (vectors are converted to f32 once at load).
 fn weight_f32(w: &Weight, f: impl FnOnce(&[f32])) {
-    match w.as_f32() {
-        Some(v) => f(v),
-        None => f(&w.to_f32_vec()),
-    }
+    f(w.as_f32()
+        .expect("norm weights are f32 (converted at load)"))
 }
 
 fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
