@@ -96,7 +96,7 @@ fn safetensors_bytes(tensors: &[RawTensor]) -> Vec<u8> {
         offset += t.data.len();
     }
     let mut h = serde_json::to_vec(&Value::Object(header)).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -630,7 +630,7 @@ fn data_offsets_past_the_end() {
     let dir = TempDir::new("offsets");
     let header = json!({"t": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}});
     let mut h = header.to_string().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
