@@ -5,6 +5,7 @@ pub mod chat_template;
 pub mod decoder;
 pub mod loader;
 pub mod tokenizer;
+pub mod tokenizer_gguf;
 pub mod weights;
 
 use crate::config::ModelConfig;

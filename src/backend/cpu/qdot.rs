@@ -320,4 +320,41 @@ mod tests {
             }
         }
     }
+
+    /// Throughput of each kernel level on a cache-resident and a memory-sized matrix:
+    /// `cargo test --lib qdot_bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn qdot_bench() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for dtype in ALL {
+            for (rows, cols) in [(1536usize, 768usize), (16384, 2048)] {
+                let w: Vec<u8> = (0..rows)
+                    .flat_map(|_| random_row(&mut rng, dtype, cols))
+                    .collect();
+                let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let rb = dtype.bytes_for(cols).unwrap();
+                let mut line = format!("{dtype:5} {rows}x{cols}:");
+                for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+                    if !available(isa) {
+                        continue;
+                    }
+                    let k = kernels_for(isa);
+                    let mut out = vec![0f32; rows];
+                    let reps = (64 << 20) / w.len() + 1;
+                    let t = std::time::Instant::now();
+                    for _ in 0..reps {
+                        (k.dot_rows)(dtype, &w, rb, &x, &mut out);
+                    }
+                    let s = t.elapsed().as_secs_f64() / reps as f64;
+                    line += &format!(
+                        "  {isa:?} {:.1} GB/s {:.2} Gval/s",
+                        w.len() as f64 / s / 1e9,
+                        (rows * cols) as f64 / s / 1e9
+                    );
+                }
+                eprintln!("{line}");
+            }
+        }
+    }
 }

@@ -10,6 +10,19 @@ use crate::tensor::quant::k_quants::scales_mins_k4;
 use crate::tensor::DType;
 use std::arch::x86_64::*;
 
+/// A `T` read from an unaligned address. Reading a field of a packed struct compiles to a
+/// plain unaligned load, without the precondition checks that `copy_nonoverlapping`-based
+/// loads (`_mm*_loadu_*`, `read_unaligned`) carry in builds with debug assertions.
+#[derive(Clone, Copy)]
+#[repr(C, packed)]
+struct Unaligned<T: Copy>(T);
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load<T: Copy>(p: *const u8) -> T {
+    (*(p as *const Unaligned<T>)).0
+}
+
 /// `sum_i dequant(row)[i] * x[i]`.
 ///
 /// # Safety
@@ -82,7 +95,7 @@ unsafe fn i8_hi(v: __m128i) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn ld(x: *const f32, i: usize) -> __m256 {
-    _mm256_loadu_ps(x.add(i))
+    load::<__m256>(x.wrapping_add(i) as *const u8)
 }
 
 #[inline]
@@ -100,17 +113,25 @@ unsafe fn dot_f32(w: *const f32, x: *const f32, n: usize) -> f32 {
     let mut i = 0;
     while i + 32 <= n {
         for (k, acc) in a.iter_mut().enumerate() {
-            *acc = _mm256_fmadd_ps(_mm256_loadu_ps(w.add(i + 8 * k)), ld(x, i + 8 * k), *acc);
+            *acc = _mm256_fmadd_ps(
+                load::<__m256>(w.wrapping_add(i + 8 * k) as *const u8),
+                ld(x, i + 8 * k),
+                *acc,
+            );
         }
         i += 32;
     }
     while i + 8 <= n {
-        a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(w.add(i)), ld(x, i), a[0]);
+        a[0] = _mm256_fmadd_ps(
+            load::<__m256>(w.wrapping_add(i) as *const u8),
+            ld(x, i),
+            a[0],
+        );
         i += 8;
     }
     let mut s = reduce4(a);
     while i < n {
-        s += w.add(i).read_unaligned() * *x.add(i);
+        s += w.wrapping_add(i).read_unaligned() * *x.wrapping_add(i);
         i += 1;
     }
     s
@@ -120,7 +141,7 @@ unsafe fn dot_f32(w: *const f32, x: *const f32, n: usize) -> f32 {
 unsafe fn dot_f16(w: *const u16, x: *const f32, n: usize) -> f32 {
     let mut a = [_mm256_setzero_ps(); 4];
     let mut i = 0;
-    let load = |i: usize| _mm256_cvtph_ps(_mm_loadu_si128(w.add(i) as *const __m128i));
+    let load = |i: usize| _mm256_cvtph_ps(load::<__m128i>(w.wrapping_add(i) as *const u8));
     while i + 32 <= n {
         for (k, acc) in a.iter_mut().enumerate() {
             *acc = _mm256_fmadd_ps(load(i + 8 * k), ld(x, i + 8 * k), *acc);
@@ -133,7 +154,7 @@ unsafe fn dot_f16(w: *const u16, x: *const f32, n: usize) -> f32 {
     }
     let mut s = reduce4(a);
     while i < n {
-        s += half::f16::from_bits(w.add(i).read_unaligned()).to_f32() * *x.add(i);
+        s += half::f16::from_bits(w.wrapping_add(i).read_unaligned()).to_f32() * *x.wrapping_add(i);
         i += 1;
     }
     s
@@ -144,7 +165,7 @@ unsafe fn dot_bf16(w: *const u16, x: *const f32, n: usize) -> f32 {
     let mut a = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     let load = |i: usize| {
-        let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(w.add(i) as *const __m128i));
+        let h = _mm256_cvtepu16_epi32(load::<__m128i>(w.wrapping_add(i) as *const u8));
         _mm256_castsi256_ps(_mm256_slli_epi32(h, 16))
     };
     while i + 32 <= n {
@@ -159,7 +180,8 @@ unsafe fn dot_bf16(w: *const u16, x: *const f32, n: usize) -> f32 {
     }
     let mut s = reduce4(a);
     while i < n {
-        s += half::bf16::from_bits(w.add(i).read_unaligned()).to_f32() * *x.add(i);
+        s +=
+            half::bf16::from_bits(w.wrapping_add(i).read_unaligned()).to_f32() * *x.wrapping_add(i);
         i += 1;
     }
     s
@@ -169,7 +191,7 @@ unsafe fn dot_bf16(w: *const u16, x: *const f32, n: usize) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16p(p: *const u8) -> f32 {
-    let bits = u16::from_le_bytes([*p, *p.add(1)]);
+    let bits = u16::from_le(load::<u16>(p));
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
@@ -180,10 +202,10 @@ unsafe fn dot_q4_0(w: *const u8, x: *const f32, nb: usize) -> f32 {
     let eight = _mm_set1_epi8(8);
     let mut acc = [_mm256_setzero_ps(); 2];
     for i in 0..nb {
-        let b = w.add(i * 18);
-        let xb = x.add(i * 32);
-        let d = _mm256_set1_ps(f16p(b.add(0)));
-        let qs = _mm_loadu_si128(b.add(2) as *const __m128i);
+        let b = w.wrapping_add(i * 18);
+        let xb = x.wrapping_add(i * 32);
+        let d = _mm256_set1_ps(f16p(b));
+        let qs = load::<__m128i>(b.wrapping_add(2));
         let lo = _mm_sub_epi8(_mm_and_si128(qs, m4), eight);
         let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(qs, 4), m4), eight);
         let s0 = _mm256_fmadd_ps(i8_lo(lo), ld(xb, 0), _mm256_mul_ps(i8_hi(lo), ld(xb, 8)));
@@ -199,11 +221,11 @@ unsafe fn dot_q4_1(w: *const u8, x: *const f32, nb: usize) -> f32 {
     let m4 = _mm_set1_epi8(0x0F);
     let mut a = [_mm256_setzero_ps(); 4];
     for i in 0..nb {
-        let b = w.add(i * 20);
-        let xb = x.add(i * 32);
-        let d = _mm256_set1_ps(f16p(b.add(0)));
-        let m = _mm256_set1_ps(f16p(b.add(2)));
-        let qs = _mm_loadu_si128(b.add(4) as *const __m128i);
+        let b = w.wrapping_add(i * 20);
+        let xb = x.wrapping_add(i * 32);
+        let d = _mm256_set1_ps(f16p(b));
+        let m = _mm256_set1_ps(f16p(b.wrapping_add(2)));
+        let qs = load::<__m128i>(b.wrapping_add(4));
         let lo = _mm_and_si128(qs, m4);
         let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), m4);
         let q = [u8_lo(lo), u8_hi(lo), u8_lo(hi), u8_hi(hi)];
@@ -220,11 +242,11 @@ unsafe fn dot_q4_1(w: *const u8, x: *const f32, nb: usize) -> f32 {
 unsafe fn dot_q8_0(w: *const u8, x: *const f32, nb: usize) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 2];
     for i in 0..nb {
-        let b = w.add(i * 34);
-        let xb = x.add(i * 32);
-        let d = _mm256_set1_ps(f16p(b.add(0)));
-        let q0 = _mm_loadu_si128(b.add(2) as *const __m128i);
-        let q1 = _mm_loadu_si128(b.add(18) as *const __m128i);
+        let b = w.wrapping_add(i * 34);
+        let xb = x.wrapping_add(i * 32);
+        let d = _mm256_set1_ps(f16p(b));
+        let q0 = load::<__m128i>(b.wrapping_add(2));
+        let q1 = load::<__m128i>(b.wrapping_add(18));
         let s0 = _mm256_fmadd_ps(i8_lo(q0), ld(xb, 0), _mm256_mul_ps(i8_hi(q0), ld(xb, 8)));
         let s1 = _mm256_fmadd_ps(i8_lo(q1), ld(xb, 16), _mm256_mul_ps(i8_hi(q1), ld(xb, 24)));
         acc[i & 1] = _mm256_fmadd_ps(d, _mm256_add_ps(s0, s1), acc[i & 1]);
@@ -253,14 +275,13 @@ unsafe fn dot_q4k(w: *const u8, x: *const f32, nb: usize) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let mut a = [_mm256_setzero_ps(); 4];
     for i in 0..nb {
-        let b = w.add(i * 144);
-        let xb = x.add(i * 256);
-        let blk = std::slice::from_raw_parts(b, 144);
-        let d = f16p(b.add(0));
-        let dmin = f16p(b.add(2));
-        let (sc, mn) = scales_mins_k4(&blk[4..16]);
+        let b = w.wrapping_add(i * 144);
+        let xb = x.wrapping_add(i * 256);
+        let d = f16p(b);
+        let dmin = f16p(b.wrapping_add(2));
+        let (sc, mn) = scales_mins_k4(&load::<[u8; 12]>(b.wrapping_add(4)));
         for c in 0..4 {
-            let q = _mm256_loadu_si256(b.add(16 + 32 * c) as *const __m256i);
+            let q = load::<__m256i>(b.wrapping_add(16 + 32 * c));
             let lo = _mm256_and_si256(q, m4);
             let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
             let (j1, j2) = (2 * c, 2 * c + 1);
@@ -268,14 +289,14 @@ unsafe fn dot_q4k(w: *const u8, x: *const f32, nb: usize) -> f32 {
                 lo,
                 d * sc[j1] as f32,
                 dmin * mn[j1] as f32,
-                xb.add(32 * j1),
+                xb.wrapping_add(32 * j1),
                 &mut a,
             );
             sub_block_u8(
                 hi,
                 d * sc[j2] as f32,
                 dmin * mn[j2] as f32,
-                xb.add(32 * j2),
+                xb.wrapping_add(32 * j2),
                 &mut a,
             );
         }
@@ -289,20 +310,19 @@ unsafe fn dot_q5k(w: *const u8, x: *const f32, nb: usize) -> f32 {
     let b16 = _mm256_set1_epi8(0x10);
     let mut a = [_mm256_setzero_ps(); 4];
     for i in 0..nb {
-        let b = w.add(i * 176);
-        let xb = x.add(i * 256);
-        let blk = std::slice::from_raw_parts(b, 176);
-        let d = f16p(b.add(0));
-        let dmin = f16p(b.add(2));
-        let (sc, mn) = scales_mins_k4(&blk[4..16]);
-        let qh = _mm256_loadu_si256(b.add(16) as *const __m256i);
+        let b = w.wrapping_add(i * 176);
+        let xb = x.wrapping_add(i * 256);
+        let d = f16p(b);
+        let dmin = f16p(b.wrapping_add(2));
+        let (sc, mn) = scales_mins_k4(&load::<[u8; 12]>(b.wrapping_add(4)));
+        let qh = load::<__m256i>(b.wrapping_add(16));
         // Fifth bit of sub-block j: 0x10 where bit j of qh is set.
         let high = |j: usize| {
             let bit = _mm256_set1_epi8((1u8 << j) as i8);
             _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit), b16)
         };
         for c in 0..4 {
-            let q = _mm256_loadu_si256(b.add(48 + 32 * c) as *const __m256i);
+            let q = load::<__m256i>(b.wrapping_add(48 + 32 * c));
             let (j1, j2) = (2 * c, 2 * c + 1);
             let lo = _mm256_or_si256(_mm256_and_si256(q, m4), high(j1));
             let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), high(j2));
@@ -310,14 +330,14 @@ unsafe fn dot_q5k(w: *const u8, x: *const f32, nb: usize) -> f32 {
                 lo,
                 d * sc[j1] as f32,
                 dmin * mn[j1] as f32,
-                xb.add(32 * j1),
+                xb.wrapping_add(32 * j1),
                 &mut a,
             );
             sub_block_u8(
                 hi,
                 d * sc[j2] as f32,
                 dmin * mn[j2] as f32,
-                xb.add(32 * j2),
+                xb.wrapping_add(32 * j2),
                 &mut a,
             );
         }
@@ -332,15 +352,14 @@ unsafe fn dot_q6k(w: *const u8, x: *const f32, nb: usize) -> f32 {
     let k32 = _mm256_set1_epi8(32);
     let mut a = [_mm256_setzero_ps(); 4];
     for i in 0..nb {
-        let b = w.add(i * 210);
-        let xb = x.add(i * 256);
-        let blk = std::slice::from_raw_parts(b, 210);
-        let d = f16p(b.add(208));
-        let sc = &blk[192..208];
+        let b = w.wrapping_add(i * 210);
+        let xb = x.wrapping_add(i * 256);
+        let d = f16p(b.wrapping_add(208));
+        let sc = load::<[u8; 16]>(b.wrapping_add(192));
         for h in 0..2 {
-            let ql0 = _mm256_loadu_si256(b.add(64 * h) as *const __m256i);
-            let ql1 = _mm256_loadu_si256(b.add(64 * h + 32) as *const __m256i);
-            let qh = _mm256_loadu_si256(b.add(128 + 32 * h) as *const __m256i);
+            let ql0 = load::<__m256i>(b.wrapping_add(64 * h));
+            let ql1 = load::<__m256i>(b.wrapping_add(64 * h + 32));
+            let qh = load::<__m256i>(b.wrapping_add(128 + 32 * h));
             let q = [
                 _mm256_or_si256(
                     _mm256_and_si256(ql0, m4),
@@ -361,7 +380,7 @@ unsafe fn dot_q6k(w: *const u8, x: *const f32, nb: usize) -> f32 {
             ];
             for (k, qk) in q.iter().enumerate() {
                 let qs = _mm256_sub_epi8(*qk, k32);
-                let xk = xb.add(128 * h + 32 * k);
+                let xk = xb.wrapping_add(128 * h + 32 * k);
                 let l = _mm256_castsi256_si128(qs);
                 let hh = _mm256_extracti128_si256(qs, 1);
                 let s0 = _mm256_fmadd_ps(i8_lo(l), ld(xk, 0), _mm256_mul_ps(i8_hi(l), ld(xk, 8)));

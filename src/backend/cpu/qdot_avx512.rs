@@ -7,6 +7,19 @@ use crate::tensor::quant::k_quants::scales_mins_k4;
 use crate::tensor::DType;
 use std::arch::x86_64::*;
 
+/// A `T` read from an unaligned address. Reading a field of a packed struct compiles to a
+/// plain unaligned load, without the precondition checks that `copy_nonoverlapping`-based
+/// loads (`_mm*_loadu_*`, `read_unaligned`) carry in builds with debug assertions.
+#[derive(Clone, Copy)]
+#[repr(C, packed)]
+struct Unaligned<T: Copy>(T);
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+unsafe fn load<T: Copy>(p: *const u8) -> T {
+    (*(p as *const Unaligned<T>)).0
+}
+
 /// `sum_i dequant(row)[i] * x[i]`.
 ///
 /// # Safety
@@ -45,14 +58,14 @@ pub unsafe fn dot_rows(dtype: DType, w_rows: &[u8], row_bytes: usize, x: &[f32],
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 unsafe fn f16p(p: *const u8) -> f32 {
-    let bits = u16::from_le_bytes([*p, *p.add(1)]);
+    let bits = u16::from_le(load::<u16>(p));
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 unsafe fn ld(x: *const f32, i: usize) -> __m512 {
-    _mm512_loadu_ps(x.add(i))
+    load::<__m512>(x.wrapping_add(i) as *const u8)
 }
 
 /// 16 unsigned bytes as 16 f32.
@@ -81,7 +94,7 @@ unsafe fn reduce4(a: [__m512; 4]) -> f32 {
 /// A dense element type: how to load 16 values (all, or the first `n < 16` under a mask).
 trait Dense {
     const BYTES: usize;
-    unsafe fn load(p: *const u8, n: usize) -> __m512;
+    unsafe fn get(p: *const u8, n: usize) -> __m512;
 }
 
 struct F32;
@@ -92,9 +105,9 @@ impl Dense for F32 {
     const BYTES: usize = 4;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-    unsafe fn load(p: *const u8, n: usize) -> __m512 {
+    unsafe fn get(p: *const u8, n: usize) -> __m512 {
         if n >= 16 {
-            _mm512_loadu_ps(p as *const f32)
+            load::<__m512>(p)
         } else {
             _mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, p as *const f32)
         }
@@ -105,9 +118,9 @@ impl Dense for F16 {
     const BYTES: usize = 2;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-    unsafe fn load(p: *const u8, n: usize) -> __m512 {
+    unsafe fn get(p: *const u8, n: usize) -> __m512 {
         let h = if n >= 16 {
-            _mm256_loadu_si256(p as *const __m256i)
+            load::<__m256i>(p)
         } else {
             _mm256_maskz_loadu_epi16(((1u32 << n) - 1) as u16, p as *const i16)
         };
@@ -119,9 +132,9 @@ impl Dense for BF16 {
     const BYTES: usize = 2;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-    unsafe fn load(p: *const u8, n: usize) -> __m512 {
+    unsafe fn get(p: *const u8, n: usize) -> __m512 {
         let h = if n >= 16 {
-            _mm256_loadu_si256(p as *const __m256i)
+            load::<__m256i>(p)
         } else {
             _mm256_maskz_loadu_epi16(((1u32 << n) - 1) as u16, p as *const i16)
         };
@@ -137,7 +150,7 @@ unsafe fn dot_dense<T: Dense>(w: *const u8, x: *const f32, n: usize) -> f32 {
     while i + 64 <= n {
         for (k, acc) in a.iter_mut().enumerate() {
             let j = i + 16 * k;
-            *acc = _mm512_fmadd_ps(T::load(w.add(j * T::BYTES), 16), ld(x, j), *acc);
+            *acc = _mm512_fmadd_ps(T::get(w.wrapping_add(j * T::BYTES), 16), ld(x, j), *acc);
         }
         i += 64;
     }
@@ -146,9 +159,9 @@ unsafe fn dot_dense<T: Dense>(w: *const u8, x: *const f32, n: usize) -> f32 {
         let xv = if r >= 16 {
             ld(x, i)
         } else {
-            _mm512_maskz_loadu_ps(((1u32 << r) - 1) as u16, x.add(i))
+            _mm512_maskz_loadu_ps(((1u32 << r) - 1) as u16, x.wrapping_add(i))
         };
-        a[0] = _mm512_fmadd_ps(T::load(w.add(i * T::BYTES), r), xv, a[0]);
+        a[0] = _mm512_fmadd_ps(T::get(w.wrapping_add(i * T::BYTES), r), xv, a[0]);
         i += 16;
     }
     reduce4(a)
@@ -161,10 +174,10 @@ unsafe fn dot_q4_0(w: *const u8, x: *const f32, nb: usize) -> f32 {
     let eight = _mm_set1_epi8(8);
     let mut a = [_mm512_setzero_ps(); 4];
     for i in 0..nb {
-        let b = w.add(i * 18);
-        let xb = x.add(i * 32);
+        let b = w.wrapping_add(i * 18);
+        let xb = x.wrapping_add(i * 32);
         let d = _mm512_set1_ps(f16p(b));
-        let qs = _mm_loadu_si128(b.add(2) as *const __m128i);
+        let qs = load::<__m128i>(b.wrapping_add(2));
         let lo = _mm_sub_epi8(_mm_and_si128(qs, m4), eight);
         let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(qs, 4), m4), eight);
         let s = _mm512_fmadd_ps(i8x16(lo), ld(xb, 0), _mm512_mul_ps(i8x16(hi), ld(xb, 16)));
@@ -179,11 +192,11 @@ unsafe fn dot_q4_1(w: *const u8, x: *const f32, nb: usize) -> f32 {
     let m4 = _mm_set1_epi8(0x0F);
     let mut a = [_mm512_setzero_ps(); 4];
     for i in 0..nb {
-        let b = w.add(i * 20);
-        let xb = x.add(i * 32);
+        let b = w.wrapping_add(i * 20);
+        let xb = x.wrapping_add(i * 32);
         let d = _mm512_set1_ps(f16p(b));
-        let m = _mm512_set1_ps(f16p(b.add(2)));
-        let qs = _mm_loadu_si128(b.add(4) as *const __m128i);
+        let m = _mm512_set1_ps(f16p(b.wrapping_add(2)));
+        let qs = load::<__m128i>(b.wrapping_add(4));
         let lo = u8x16(_mm_and_si128(qs, m4));
         let hi = u8x16(_mm_and_si128(_mm_srli_epi16(qs, 4), m4));
         let k = 2 * (i & 1);
@@ -198,11 +211,11 @@ unsafe fn dot_q4_1(w: *const u8, x: *const f32, nb: usize) -> f32 {
 unsafe fn dot_q8_0(w: *const u8, x: *const f32, nb: usize) -> f32 {
     let mut a = [_mm512_setzero_ps(); 4];
     for i in 0..nb {
-        let b = w.add(i * 34);
-        let xb = x.add(i * 32);
+        let b = w.wrapping_add(i * 34);
+        let xb = x.wrapping_add(i * 32);
         let d = _mm512_set1_ps(f16p(b));
-        let q0 = i8x16(_mm_loadu_si128(b.add(2) as *const __m128i));
-        let q1 = i8x16(_mm_loadu_si128(b.add(18) as *const __m128i));
+        let q0 = i8x16(load::<__m128i>(b.wrapping_add(2)));
+        let q1 = i8x16(load::<__m128i>(b.wrapping_add(18)));
         let s = _mm512_fmadd_ps(q0, ld(xb, 0), _mm512_mul_ps(q1, ld(xb, 16)));
         a[i & 3] = _mm512_fmadd_ps(d, s, a[i & 3]);
     }
@@ -227,13 +240,13 @@ unsafe fn dot_q4k(w: *const u8, x: *const f32, nb: usize) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let mut a = [_mm512_setzero_ps(); 4];
     for i in 0..nb {
-        let b = w.add(i * 144);
-        let xb = x.add(i * 256);
+        let b = w.wrapping_add(i * 144);
+        let xb = x.wrapping_add(i * 256);
         let d = f16p(b);
-        let dmin = f16p(b.add(2));
-        let (sc, mn) = scales_mins_k4(std::slice::from_raw_parts(b.add(4), 12));
+        let dmin = f16p(b.wrapping_add(2));
+        let (sc, mn) = scales_mins_k4(&load::<[u8; 12]>(b.wrapping_add(4)));
         for c in 0..4 {
-            let q = _mm256_loadu_si256(b.add(16 + 32 * c) as *const __m256i);
+            let q = load::<__m256i>(b.wrapping_add(16 + 32 * c));
             let lo = _mm256_and_si256(q, m4);
             let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
             let (j1, j2) = (2 * c, 2 * c + 1);
@@ -242,14 +255,14 @@ unsafe fn dot_q4k(w: *const u8, x: *const f32, nb: usize) -> f32 {
                 lo,
                 d * sc[j1] as f32,
                 dmin * mn[j1] as f32,
-                xb.add(32 * j1),
+                xb.wrapping_add(32 * j1),
                 a01,
             );
             sub_block_u8(
                 hi,
                 d * sc[j2] as f32,
                 dmin * mn[j2] as f32,
-                xb.add(32 * j2),
+                xb.wrapping_add(32 * j2),
                 a23,
             );
         }
@@ -263,19 +276,19 @@ unsafe fn dot_q5k(w: *const u8, x: *const f32, nb: usize) -> f32 {
     let b16 = _mm256_set1_epi8(0x10);
     let mut a = [_mm512_setzero_ps(); 4];
     for i in 0..nb {
-        let b = w.add(i * 176);
-        let xb = x.add(i * 256);
+        let b = w.wrapping_add(i * 176);
+        let xb = x.wrapping_add(i * 256);
         let d = f16p(b);
-        let dmin = f16p(b.add(2));
-        let (sc, mn) = scales_mins_k4(std::slice::from_raw_parts(b.add(4), 12));
-        let qh = _mm256_loadu_si256(b.add(16) as *const __m256i);
+        let dmin = f16p(b.wrapping_add(2));
+        let (sc, mn) = scales_mins_k4(&load::<[u8; 12]>(b.wrapping_add(4)));
+        let qh = load::<__m256i>(b.wrapping_add(16));
         // Fifth bit of sub-block j: 0x10 where bit j of qh is set.
         let high = |j: usize| {
             let bit = _mm256_set1_epi8((1u8 << j) as i8);
             _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit), b16)
         };
         for c in 0..4 {
-            let q = _mm256_loadu_si256(b.add(48 + 32 * c) as *const __m256i);
+            let q = load::<__m256i>(b.wrapping_add(48 + 32 * c));
             let (j1, j2) = (2 * c, 2 * c + 1);
             let lo = _mm256_or_si256(_mm256_and_si256(q, m4), high(j1));
             let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), high(j2));
@@ -284,14 +297,14 @@ unsafe fn dot_q5k(w: *const u8, x: *const f32, nb: usize) -> f32 {
                 lo,
                 d * sc[j1] as f32,
                 dmin * mn[j1] as f32,
-                xb.add(32 * j1),
+                xb.wrapping_add(32 * j1),
                 a01,
             );
             sub_block_u8(
                 hi,
                 d * sc[j2] as f32,
                 dmin * mn[j2] as f32,
-                xb.add(32 * j2),
+                xb.wrapping_add(32 * j2),
                 a23,
             );
         }
@@ -306,14 +319,14 @@ unsafe fn dot_q6k(w: *const u8, x: *const f32, nb: usize) -> f32 {
     let k32 = _mm256_set1_epi8(32);
     let mut a = [_mm512_setzero_ps(); 4];
     for i in 0..nb {
-        let b = w.add(i * 210);
-        let xb = x.add(i * 256);
-        let d = f16p(b.add(208));
-        let sc = std::slice::from_raw_parts(b.add(192), 16);
+        let b = w.wrapping_add(i * 210);
+        let xb = x.wrapping_add(i * 256);
+        let d = f16p(b.wrapping_add(208));
+        let sc = load::<[u8; 16]>(b.wrapping_add(192));
         for h in 0..2 {
-            let ql0 = _mm256_loadu_si256(b.add(64 * h) as *const __m256i);
-            let ql1 = _mm256_loadu_si256(b.add(64 * h + 32) as *const __m256i);
-            let qh = _mm256_loadu_si256(b.add(128 + 32 * h) as *const __m256i);
+            let ql0 = load::<__m256i>(b.wrapping_add(64 * h));
+            let ql1 = load::<__m256i>(b.wrapping_add(64 * h + 32));
+            let qh = load::<__m256i>(b.wrapping_add(128 + 32 * h));
             let q = [
                 _mm256_or_si256(
                     _mm256_and_si256(ql0, m4),
@@ -334,7 +347,7 @@ unsafe fn dot_q6k(w: *const u8, x: *const f32, nb: usize) -> f32 {
             ];
             for (k, qk) in q.iter().enumerate() {
                 let qs = _mm256_sub_epi8(*qk, k32);
-                let xk = xb.add(128 * h + 32 * k);
+                let xk = xb.wrapping_add(128 * h + 32 * k);
                 let is = 8 * h + 2 * k;
                 // (d * scale) * q, rounded as the scalar twin, then times x.
                 let d0 = _mm512_set1_ps(d * (sc[is] as i8) as f32);
