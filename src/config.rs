@@ -295,3 +295,91 @@ fn parse_rope_scaling(v: Option<&Value>) -> std::result::Result<Option<RopeScali
         other => Err(format!("rope_scaling type `{other}` is not supported")),
     }
 }
+
+/// Engine options, with vLLM's names.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Hugging Face model folder or GGUF file.
+    pub model: std::path::PathBuf,
+    /// Requests running at once at most.
+    pub max_num_seqs: usize,
+    /// Tokens per forward pass at most (also sizes the activation workspace).
+    pub max_num_batched_tokens: usize,
+    /// Longest sequence (prompt + output); None: the model's `max_position_embeddings`.
+    pub max_model_len: Option<usize>,
+    pub block_size: usize,
+    /// KV blocks in the pool; None: from `kv_cache_memory_bytes`.
+    pub num_kv_blocks: Option<usize>,
+    /// KV memory budget in bytes when `num_kv_blocks` is not given.
+    pub kv_cache_memory_bytes: usize,
+    pub enable_prefix_caching: bool,
+    pub enable_chunked_prefill: bool,
+    /// Prompt tokens one request may take per step (0: only the step budget limits it).
+    pub long_prefill_token_threshold: usize,
+    /// Forward steps per scheduling decision for decode-only batches.
+    pub num_scheduler_steps: usize,
+    /// `fcfs` or `priority`.
+    pub scheduling_policy: crate::sched::SchedulePolicy,
+    /// Hash of prefix-cache blocks: SHA-256 (default) or xxh3-128.
+    pub prefix_caching_hash_algo: crate::kv::block_hash::HashAlgo,
+    /// Worker threads (0: one per core).
+    pub num_threads: usize,
+    /// Seed of requests that carry none.
+    pub seed: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            model: crate::default_model_path(),
+            max_num_seqs: 256,
+            max_num_batched_tokens: 512,
+            max_model_len: None,
+            block_size: 16,
+            num_kv_blocks: None,
+            kv_cache_memory_bytes: 512 << 20,
+            enable_prefix_caching: true,
+            enable_chunked_prefill: true,
+            long_prefill_token_threshold: 0,
+            num_scheduler_steps: 1,
+            scheduling_policy: crate::sched::SchedulePolicy::Fcfs,
+            prefix_caching_hash_algo: crate::kv::block_hash::HashAlgo::Sha256,
+            num_threads: 0,
+            seed: 0,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks the options that do not depend on the model.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("max_num_seqs", self.max_num_seqs),
+            ("max_num_batched_tokens", self.max_num_batched_tokens),
+            ("block_size", self.block_size),
+            ("num_scheduler_steps", self.num_scheduler_steps),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(Error::InvalidRequest(format!("{name} must be positive")));
+            }
+        }
+        if self.block_size > 4096 {
+            return Err(Error::InvalidRequest(format!(
+                "block_size {} is too large",
+                self.block_size
+            )));
+        }
+        if self.num_kv_blocks == Some(0) {
+            return Err(Error::InvalidRequest(
+                "num_kv_blocks must be positive".into(),
+            ));
+        }
+        if self.max_model_len == Some(0) {
+            return Err(Error::InvalidRequest(
+                "max_model_len must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}

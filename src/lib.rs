@@ -4,11 +4,13 @@
 
 pub mod backend;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod kv;
 pub mod model;
 pub mod runner;
 pub mod sample;
+pub mod sched;
 pub mod tensor;
 
 pub use config::ModelConfig;
@@ -17,8 +19,10 @@ pub use model::Model;
 pub mod llm;
 pub mod output;
 
-pub use llm::{FinishReason, GenerateRequest, Llm, LlmConfig, RequestOutput};
+pub use config::EngineConfig;
+pub use llm::{GenerateRequest, Llm, RequestOutput};
 pub use sample::SamplingParams;
+pub use sched::FinishReason;
 
 /// Where the default model (SmolLM2-135M-Instruct Q4_1) is cached by
 /// `scripts/fetch-default-model.sh`: `$LLMRT_CACHE_DIR/models/...`, by default under

@@ -5,7 +5,7 @@
 
 mod reference;
 
-use llmrt::{GenerateRequest, Llm, LlmConfig, SamplingParams};
+use llmrt::{EngineConfig, GenerateRequest, Llm, SamplingParams};
 use reference::{RefModel, RefRope};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -98,11 +98,11 @@ impl Drop for TempModel {
 /// The crate's prompt logits (`prompt_len x vocab`) and greedy tokens, with chunked prefill
 /// (7-token chunks) over 4-token KV blocks.
 fn run_llm(dir: &Path, prompt: &[u32], steps: usize) -> (Vec<f32>, Vec<u32>) {
-    let opts = LlmConfig {
+    let opts = EngineConfig {
         block_size: 4,
         long_prefill_token_threshold: 7,
         max_model_len: Some(128),
-        ..LlmConfig::default()
+        ..EngineConfig::default()
     };
     let mut llm = Llm::load(dir, opts).unwrap();
     let req = GenerateRequest {

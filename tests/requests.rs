@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use llmrt::{Error, GenerateRequest, Llm, LlmConfig, SamplingParams};
+use llmrt::{EngineConfig, Error, GenerateRequest, Llm, SamplingParams};
 
 fn request(prompt: Vec<u32>, params: SamplingParams) -> GenerateRequest {
     GenerateRequest {
@@ -18,7 +18,7 @@ fn invalid_requests_are_errors_and_serving_continues() {
     let expected = read_json(&dir.join("expected.json"));
     let prompt = ids(&expected["prompts"][1]["ids"]);
     let greedy = ids(&expected["greedy_ids"][1]);
-    let opts = LlmConfig {
+    let opts = EngineConfig {
         max_model_len: Some(64),
         num_threads: 2,
         ..Default::default()
@@ -80,7 +80,7 @@ fn seeded_sampling_is_reproducible_and_batch_independent() {
     let dir = fixtures().join("models").join("qwen3");
     let mut llm = Llm::load(
         &dir,
-        LlmConfig {
+        EngineConfig {
             num_threads: 2,
             ..Default::default()
         },

@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use llmrt::output::IncrementalDetokenizer;
-use llmrt::{GenerateRequest, Llm, LlmConfig, SamplingParams};
+use llmrt::{EngineConfig, GenerateRequest, Llm, SamplingParams};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -109,7 +109,7 @@ fn prompt_ids(llm: &Llm, args: &GenerateArgs) -> llmrt::Result<Vec<u32>> {
 fn generate(args: GenerateArgs) -> llmrt::Result<()> {
     let model = args.model.clone().unwrap_or_else(llmrt::default_model_path);
     let t_load = Instant::now();
-    let opts = LlmConfig {
+    let opts = EngineConfig {
         num_threads: args.threads,
         block_size: args.block_size,
         max_model_len: args.max_model_len,

@@ -13,6 +13,8 @@ pub struct SamplingParams {
     /// Per-request seed: the same seed gives the same tokens whatever else runs.
     pub seed: Option<u64>,
     pub max_tokens: usize,
+    /// End-of-sequence and stop tokens are ignored until this many tokens are generated.
+    pub min_tokens: usize,
     /// Keep generating after an end-of-sequence token.
     pub ignore_eos: bool,
     /// Extra token ids that end generation.
@@ -27,6 +29,7 @@ impl Default for SamplingParams {
             top_k: -1,
             seed: None,
             max_tokens: 16,
+            min_tokens: 0,
             ignore_eos: false,
             stop_token_ids: vec![],
         }
@@ -62,6 +65,12 @@ impl SamplingParams {
         }
         if self.max_tokens == 0 {
             return bad("max_tokens must be at least 1".into());
+        }
+        if self.min_tokens > self.max_tokens {
+            return bad(format!(
+                "min_tokens ({}) must not exceed max_tokens ({})",
+                self.min_tokens, self.max_tokens
+            ));
         }
         Ok(())
     }

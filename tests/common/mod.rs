@@ -2,7 +2,7 @@
 //! comparing our logits with them under the fixtures README's tolerances.
 #![allow(dead_code)]
 
-use llmrt::{GenerateRequest, Llm, LlmConfig, SamplingParams};
+use llmrt::{EngineConfig, GenerateRequest, Llm, SamplingParams};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -96,7 +96,7 @@ pub struct RunResult {
 /// Runs every prompt with greedy decoding for `steps` tokens (EOS ignored) and collects
 /// the prompt logits, in the given batching shape.
 pub fn run_prompts(model: &Path, prompts: &[Vec<u32>], steps: usize, shape: RunShape) -> RunResult {
-    let opts = LlmConfig {
+    let opts = EngineConfig {
         num_threads: 2,
         block_size: shape.block_size,
         max_num_batched_tokens: 512,

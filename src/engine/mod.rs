@@ -1,0 +1,5 @@
+//! The serving engine.
+
+pub mod core;
+
+pub use self::core::{CoreRequest, EngineCore, ModelInfo};

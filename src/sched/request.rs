@@ -1,0 +1,125 @@
+//! A request as the scheduler sees it: its tokens, how many are computed, its blocks' hashes.
+
+use crate::kv::block_hash::{compute_block_hashes, BlockHash, ExtraKeys, HashAlgo};
+use crate::sample::SamplingParams;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub type RequestId = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestStatus {
+    Waiting,
+    Running,
+    /// Blocks freed to make room; waiting to be recomputed.
+    Preempted,
+    Finished,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence token, a stop token or a stop string.
+    Stop,
+    /// `max_tokens` or `max_model_len` reached.
+    Length,
+    /// Aborted by the caller.
+    Abort,
+    /// The engine failed while serving it.
+    Error,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
+            FinishReason::Error => "error",
+        }
+    }
+}
+
+pub struct Request {
+    pub request_id: RequestId,
+    pub num_prompt_tokens: usize,
+    /// Prompt followed by the generated tokens.
+    pub all_token_ids: Vec<u32>,
+    /// Tokens whose KV is in the cache.
+    pub num_computed_tokens: usize,
+    /// Prompt tokens found in the prefix cache when first admitted.
+    pub num_cached_tokens: Option<usize>,
+    pub params: Arc<SamplingParams>,
+    /// Lower runs first (priority policy).
+    pub priority: i32,
+    /// Submission order, for FCFS and ties.
+    pub arrival_order: u64,
+    pub arrival_time: Instant,
+    pub status: RequestStatus,
+    /// Hashes of the full blocks of `all_token_ids`, chained.
+    pub block_hashes: Vec<BlockHash>,
+    pub extra_keys: ExtraKeys,
+    pub num_preemptions: u32,
+    /// Return the logits of every prompt position (computed even past prefix-cache hits).
+    pub return_prompt_logits: bool,
+}
+
+impl Request {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        request_id: RequestId,
+        prompt_token_ids: Vec<u32>,
+        params: SamplingParams,
+        priority: i32,
+        arrival_order: u64,
+        extra_keys: ExtraKeys,
+        return_prompt_logits: bool,
+    ) -> Self {
+        Request {
+            request_id,
+            num_prompt_tokens: prompt_token_ids.len(),
+            all_token_ids: prompt_token_ids,
+            num_computed_tokens: 0,
+            num_cached_tokens: None,
+            params: Arc::new(params),
+            priority,
+            arrival_order,
+            arrival_time: Instant::now(),
+            status: RequestStatus::Waiting,
+            block_hashes: vec![],
+            extra_keys,
+            num_preemptions: 0,
+            return_prompt_logits,
+        }
+    }
+
+    pub fn num_tokens(&self) -> usize {
+        self.all_token_ids.len()
+    }
+
+    pub fn num_output_tokens(&self) -> usize {
+        self.all_token_ids.len() - self.num_prompt_tokens
+    }
+
+    pub fn prompt_token_ids(&self) -> &[u32] {
+        &self.all_token_ids[..self.num_prompt_tokens]
+    }
+
+    pub fn output_token_ids(&self) -> &[u32] {
+        &self.all_token_ids[self.num_prompt_tokens..]
+    }
+
+    /// Extends `block_hashes` over blocks that became full.
+    pub fn update_block_hashes(&mut self, algo: HashAlgo, block_size: usize) {
+        compute_block_hashes(
+            algo,
+            &self.all_token_ids,
+            block_size,
+            &self.extra_keys,
+            &mut self.block_hashes,
+        );
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.status == RequestStatus::Finished
+    }
+}
