@@ -13,6 +13,9 @@ pub enum Error {
     /// A request or argument that cannot be served as given.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The engine stopped (shut down, or failed and refuses further work).
+    #[error("engine failed: {0}")]
+    EngineFailed(String),
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
     #[error("chat template error: {0}")]

@@ -17,10 +17,13 @@ pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub use model::Model;
 pub mod llm;
+pub mod metrics;
 pub mod output;
 
 pub use config::EngineConfig;
+pub use engine::{CoreRequest, Engine};
 pub use llm::{GenerateRequest, Llm, RequestOutput};
+pub use output::{Event, Usage};
 pub use sample::SamplingParams;
 pub use sched::FinishReason;
 

@@ -24,13 +24,64 @@ pub struct CoreRequest {
     pub return_prompt_logits: bool,
 }
 
+/// What a request must fit: checked at submission, on the caller's thread.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub vocab_size: usize,
+    pub max_model_len: usize,
+    pub num_kv_blocks: usize,
+    pub block_size: usize,
+    pub num_scheduler_steps: usize,
+    pub enable_chunked_prefill: bool,
+    pub max_num_batched_tokens: usize,
+}
+
+impl Limits {
+    /// Checks a request against the model and the cache; the error names the problem.
+    pub fn validate(&self, r: &CoreRequest) -> Result<()> {
+        r.params.validate()?;
+        let n = r.prompt_token_ids.len();
+        if n == 0 {
+            return Err(Error::InvalidRequest("the prompt is empty".into()));
+        }
+        if let Some(&bad) = r
+            .prompt_token_ids
+            .iter()
+            .find(|&&t| t as usize >= self.vocab_size)
+        {
+            return Err(Error::InvalidRequest(format!(
+                "prompt token id {bad} is out of range (vocabulary size {})",
+                self.vocab_size
+            )));
+        }
+        if n >= self.max_model_len {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt has {n} tokens; max_model_len is {} (prompt plus at least one generated token must fit)",
+                self.max_model_len
+            )));
+        }
+        let total = (n + r.params.max_tokens).min(self.max_model_len);
+        let need = (total + self.num_scheduler_steps).div_ceil(self.block_size);
+        if need > self.num_kv_blocks {
+            return Err(Error::InvalidRequest(format!(
+                "the request needs {need} KV blocks of {} tokens (prompt {n} + max_tokens {}); the cache has {}",
+                self.block_size, r.params.max_tokens, self.num_kv_blocks
+            )));
+        }
+        if !self.enable_chunked_prefill && n > self.max_num_batched_tokens {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt has {n} tokens, more than max_num_batched_tokens {} with chunked prefill disabled",
+                self.max_num_batched_tokens
+            )));
+        }
+        Ok(())
+    }
+}
+
 pub struct EngineCore {
     scheduler: Scheduler,
     runner: ModelRunner,
-    vocab_size: usize,
-    max_model_len: usize,
-    num_kv_blocks: usize,
-    block_size: usize,
+    limits: Limits,
     cfg: EngineConfig,
     next_arrival: u64,
 }
@@ -92,10 +143,15 @@ impl EngineCore {
         let core = EngineCore {
             scheduler: Scheduler::new(sched_cfg, eos_token_ids.clone()),
             runner,
-            vocab_size,
-            max_model_len,
-            num_kv_blocks,
-            block_size: cfg.block_size,
+            limits: Limits {
+                vocab_size,
+                max_model_len,
+                num_kv_blocks,
+                block_size: cfg.block_size,
+                num_scheduler_steps: cfg.num_scheduler_steps,
+                enable_chunked_prefill: cfg.enable_chunked_prefill,
+                max_num_batched_tokens: cfg.max_num_batched_tokens,
+            },
             cfg,
             next_arrival: 0,
         };
@@ -113,51 +169,19 @@ impl EngineCore {
     }
 
     pub fn max_model_len(&self) -> usize {
-        self.max_model_len
+        self.limits.max_model_len
     }
 
     pub fn num_kv_blocks(&self) -> usize {
-        self.num_kv_blocks
+        self.limits.num_kv_blocks
     }
 
-    /// Checks a request against the model and the cache; the error names the problem.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     pub fn validate(&self, r: &CoreRequest) -> Result<()> {
-        r.params.validate()?;
-        let n = r.prompt_token_ids.len();
-        if n == 0 {
-            return Err(Error::InvalidRequest("the prompt is empty".into()));
-        }
-        if let Some(&bad) = r
-            .prompt_token_ids
-            .iter()
-            .find(|&&t| t as usize >= self.vocab_size)
-        {
-            return Err(Error::InvalidRequest(format!(
-                "prompt token id {bad} is out of range (vocabulary size {})",
-                self.vocab_size
-            )));
-        }
-        if n >= self.max_model_len {
-            return Err(Error::InvalidRequest(format!(
-                "the prompt has {n} tokens; max_model_len is {} (prompt plus at least one generated token must fit)",
-                self.max_model_len
-            )));
-        }
-        let total = (n + r.params.max_tokens).min(self.max_model_len);
-        let need = (total + self.cfg.num_scheduler_steps).div_ceil(self.block_size);
-        if need > self.num_kv_blocks {
-            return Err(Error::InvalidRequest(format!(
-                "the request needs {need} KV blocks of {} tokens (prompt {n} + max_tokens {}); the cache has {}",
-                self.block_size, r.params.max_tokens, self.num_kv_blocks
-            )));
-        }
-        if !self.cfg.enable_chunked_prefill && n > self.cfg.max_num_batched_tokens {
-            return Err(Error::InvalidRequest(format!(
-                "the prompt has {n} tokens, more than max_num_batched_tokens {} with chunked prefill disabled",
-                self.cfg.max_num_batched_tokens
-            )));
-        }
-        Ok(())
+        self.limits.validate(r)
     }
 
     /// Validates and queues a request under the given id.
@@ -189,6 +213,15 @@ impl EngineCore {
         reason: FinishReason,
     ) -> Option<EngineCoreOutput> {
         self.scheduler.finish_request(id, reason)
+    }
+
+    /// Ends every request (shutdown); returns their final outputs.
+    pub fn finish_all(&mut self, reason: FinishReason) -> Vec<EngineCoreOutput> {
+        self.scheduler
+            .request_ids()
+            .into_iter()
+            .filter_map(|id| self.scheduler.finish_request(id, reason))
+            .collect()
     }
 
     pub fn has_unfinished(&self) -> bool {

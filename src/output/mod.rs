@@ -1,5 +1,7 @@
-//! Turning generated token ids into text.
+//! Turning generated token ids into user-facing events and text.
 
 pub mod detokenizer;
+pub mod processor;
 
 pub use detokenizer::IncrementalDetokenizer;
+pub use processor::{Event, OutputProcessor, Usage};

@@ -19,6 +19,10 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// Extra token ids that end generation.
     pub stop_token_ids: Vec<u32>,
+    /// Leave special tokens out of the text.
+    pub skip_special_tokens: bool,
+    /// Produce text at all (token ids only when false).
+    pub detokenize: bool,
 }
 
 impl Default for SamplingParams {
@@ -32,6 +36,8 @@ impl Default for SamplingParams {
             min_tokens: 0,
             ignore_eos: false,
             stop_token_ids: vec![],
+            skip_special_tokens: true,
+            detokenize: true,
         }
     }
 }

@@ -88,6 +88,11 @@ impl Scheduler {
         self.requests.insert(req.request_id, req);
     }
 
+    /// Ids of every unfinished request, waiting and running.
+    pub fn request_ids(&self) -> Vec<RequestId> {
+        self.running.iter().chain(&self.waiting).copied().collect()
+    }
+
     pub fn has_unfinished(&self) -> bool {
         !self.waiting.is_empty() || !self.running.is_empty()
     }
