@@ -224,6 +224,11 @@ impl EngineCore {
             .collect()
     }
 
+    /// Where a request stands (None once finished or unknown).
+    pub fn request_status(&self, id: RequestId) -> Option<crate::sched::RequestStatus> {
+        self.scheduler.request(id).map(|r| r.status)
+    }
+
     pub fn has_unfinished(&self) -> bool {
         self.scheduler.has_unfinished()
     }
