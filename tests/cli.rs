@@ -152,3 +152,73 @@ fn bad_arguments_are_clear_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
 }
+
+#[test]
+fn batch_runs_every_request_and_reports_metrics() {
+    let dir = fixtures().join("models").join("llama");
+    let expected = read_json(&dir.join("expected.json"));
+    let tmp = std::env::temp_dir().join(format!("llmrt-batch-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut input = String::new();
+    for p in 0..6 {
+        let line = serde_json::json!({
+            "id": format!("req-{p}"),
+            "prompt_token_ids": expected["prompts"][p]["ids"],
+            "sampling": {"temperature": 0, "max_tokens": 32, "ignore_eos": true},
+        });
+        input.push_str(&format!("{line}\n"));
+    }
+    input.push_str("{\"id\": \"bad\", \"prompt\": \"x\", \"sampling\": {\"temprature\": 1}}\n");
+    input.push_str("{\"id\": \"text\", \"prompt\": \"The quick brown fox\", \"sampling\": {\"max_tokens\": 5, \"ignore_eos\": true}}\n");
+    std::fs::write(tmp.join("in.jsonl"), input).unwrap();
+    let out = llmrt()
+        .args(["batch", "--model"])
+        .arg(&dir)
+        .args([
+            "--max-num-batched-tokens",
+            "64",
+            "--block-size",
+            "8",
+            "--threads",
+            "2",
+            "--input",
+        ])
+        .arg(tmp.join("in.jsonl"))
+        .arg("--output")
+        .arg(tmp.join("out.jsonl"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(tmp.join("out.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 8);
+    for p in 0..6 {
+        let l = &lines[p];
+        assert_eq!(l["id"], format!("req-{p}"));
+        assert_eq!(
+            ids(&l["token_ids"]),
+            ids(&expected["greedy_ids"][p]),
+            "request {p}"
+        );
+        assert_eq!(
+            ids(&l["prompt_token_ids"]),
+            ids(&expected["prompts"][p]["ids"])
+        );
+        assert_eq!(l["finish_reason"], "length");
+        assert_eq!(l["usage"]["completion_tokens"], 32);
+    }
+    assert!(lines[6]["error"].as_str().unwrap().contains("temprature"));
+    assert_eq!(ids(&lines[7]["token_ids"]).len(), 5);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let metrics: serde_json::Value =
+        serde_json::from_str(stderr.lines().last().unwrap()).expect("metrics JSON on stderr");
+    assert_eq!(metrics["generation_tokens"], 6 * 32 + 5);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

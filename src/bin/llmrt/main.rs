@@ -1,5 +1,7 @@
 //! The `llmrt` command-line tool.
 
+mod batch;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use llmrt::output::IncrementalDetokenizer;
 use llmrt::{EngineConfig, GenerateRequest, Llm, SamplingParams};
@@ -19,6 +21,8 @@ struct Cli {
 enum Command {
     /// Generate a continuation of one prompt, streaming the text as it is produced.
     Generate(GenerateArgs),
+    /// Run every request of a JSONL file through the engine at once (continuous batching).
+    Batch(batch::BatchArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate(args),
+        Command::Batch(args) => batch::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

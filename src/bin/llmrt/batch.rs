@@ -1,0 +1,255 @@
+//! `llmrt batch`: every request of a JSONL file submitted at once to the engine.
+
+use clap::Args;
+use llmrt::config::EngineConfig;
+use llmrt::engine::Engine;
+use llmrt::sched::SchedulePolicy;
+use llmrt::{CoreRequest, Event, SamplingParams};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Engine options as flags, with vLLM's names.
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// Hugging Face model folder or GGUF file (default: the cached SmolLM2-135M-Instruct Q4_1).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    pub max_num_seqs: usize,
+    #[arg(long, default_value_t = 512)]
+    pub max_num_batched_tokens: usize,
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    #[arg(long)]
+    pub num_kv_blocks: Option<usize>,
+    #[arg(long, overrides_with = "no_enable_prefix_caching")]
+    pub enable_prefix_caching: bool,
+    #[arg(long)]
+    pub no_enable_prefix_caching: bool,
+    #[arg(long, overrides_with = "no_enable_chunked_prefill")]
+    pub enable_chunked_prefill: bool,
+    #[arg(long)]
+    pub no_enable_chunked_prefill: bool,
+    #[arg(long, default_value_t = 0)]
+    pub long_prefill_token_threshold: usize,
+    #[arg(long, default_value_t = 1)]
+    pub num_scheduler_steps: usize,
+    /// `fcfs` or `priority`.
+    #[arg(long, default_value = "fcfs")]
+    pub scheduling_policy: String,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl EngineArgs {
+    pub fn to_config(&self) -> llmrt::Result<EngineConfig> {
+        let scheduling_policy = match self.scheduling_policy.as_str() {
+            "fcfs" => SchedulePolicy::Fcfs,
+            "priority" => SchedulePolicy::Priority,
+            other => {
+                return Err(llmrt::Error::InvalidRequest(format!(
+                    "--scheduling-policy must be fcfs or priority, got `{other}`"
+                )))
+            }
+        };
+        Ok(EngineConfig {
+            model: self.model.clone().unwrap_or_else(llmrt::default_model_path),
+            max_num_seqs: self.max_num_seqs,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_model_len: self.max_model_len,
+            block_size: self.block_size,
+            num_kv_blocks: self.num_kv_blocks,
+            enable_prefix_caching: !self.no_enable_prefix_caching,
+            enable_chunked_prefill: !self.no_enable_chunked_prefill,
+            long_prefill_token_threshold: self.long_prefill_token_threshold,
+            num_scheduler_steps: self.num_scheduler_steps,
+            scheduling_policy,
+            num_threads: self.threads,
+            seed: self.seed,
+            ..Default::default()
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct BatchArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// JSONL: {"id": "...", "prompt": "..." | "prompt_token_ids": [...], "sampling": {...}} per line.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// JSONL results, one line per request in input order.
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+/// vLLM sampling fields from a JSON object; unknown fields are an error naming the field.
+pub fn sampling_from_json(v: &Value) -> llmrt::Result<SamplingParams> {
+    let bad = |m: String| llmrt::Error::InvalidRequest(m);
+    let obj = match v {
+        Value::Null => return Ok(SamplingParams::default()),
+        Value::Object(o) => o,
+        _ => return Err(bad("`sampling` must be an object".into())),
+    };
+    let mut p = SamplingParams::default();
+    for (k, val) in obj {
+        let num = || {
+            val.as_f64()
+                .ok_or_else(|| bad(format!("`{k}` must be a number")))
+        };
+        let uint = || {
+            val.as_u64()
+                .ok_or_else(|| bad(format!("`{k}` must be a non-negative integer")))
+        };
+        let boolean = || {
+            val.as_bool()
+                .ok_or_else(|| bad(format!("`{k}` must be true or false")))
+        };
+        match k.as_str() {
+            "temperature" => p.temperature = num()? as f32,
+            "top_p" => p.top_p = num()? as f32,
+            "top_k" => {
+                p.top_k = val
+                    .as_i64()
+                    .ok_or_else(|| bad("`top_k` must be an integer".into()))?
+                    .clamp(i32::MIN as i64, i32::MAX as i64) as i32
+            }
+            "seed" => p.seed = Some(uint()?),
+            "max_tokens" => p.max_tokens = uint()?.min(usize::MAX as u64) as usize,
+            "min_tokens" => p.min_tokens = uint()? as usize,
+            "ignore_eos" => p.ignore_eos = boolean()?,
+            "skip_special_tokens" => p.skip_special_tokens = boolean()?,
+            "detokenize" => p.detokenize = boolean()?,
+            "stop_token_ids" => {
+                p.stop_token_ids = val
+                    .as_array()
+                    .ok_or_else(|| bad("`stop_token_ids` must be a list of token ids".into()))?
+                    .iter()
+                    .map(|x| {
+                        x.as_u64().map(|x| x as u32).ok_or_else(|| {
+                            bad("`stop_token_ids` must be a list of token ids".into())
+                        })
+                    })
+                    .collect::<llmrt::Result<_>>()?
+            }
+            other => return Err(bad(format!("unknown sampling field `{other}`"))),
+        }
+    }
+    p.validate()?;
+    Ok(p)
+}
+
+fn parse_line(engine: &Engine, line: &str) -> llmrt::Result<(Value, CoreRequest)> {
+    let bad = |m: String| llmrt::Error::InvalidRequest(m);
+    let v: Value = serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("a line must be a JSON object".into()))?;
+    for k in obj.keys() {
+        if !["id", "prompt", "prompt_token_ids", "sampling", "priority"].contains(&k.as_str()) {
+            return Err(bad(format!("unknown field `{k}`")));
+        }
+    }
+    let id = obj.get("id").cloned().unwrap_or(Value::Null);
+    let prompt_token_ids = match (obj.get("prompt"), obj.get("prompt_token_ids")) {
+        (Some(Value::String(text)), None) => engine.tokenizer().encode(text, true)?,
+        (None, Some(Value::Array(ids))) => ids
+            .iter()
+            .map(|x| {
+                x.as_u64()
+                    .filter(|&x| x <= u32::MAX as u64)
+                    .map(|x| x as u32)
+                    .ok_or_else(|| bad("`prompt_token_ids` must be token ids".into()))
+            })
+            .collect::<llmrt::Result<_>>()?,
+        _ => {
+            return Err(bad(
+                "give exactly one of `prompt` (a string) or `prompt_token_ids` (a list)".into(),
+            ))
+        }
+    };
+    let params = sampling_from_json(obj.get("sampling").unwrap_or(&Value::Null))?;
+    let priority = obj.get("priority").and_then(|p| p.as_i64()).unwrap_or(0) as i32;
+    Ok((
+        id,
+        CoreRequest {
+            prompt_token_ids,
+            params,
+            priority,
+            ..Default::default()
+        },
+    ))
+}
+
+pub fn run(args: BatchArgs) -> llmrt::Result<()> {
+    let text =
+        std::fs::read_to_string(&args.input).map_err(|e| llmrt::Error::io(&args.input, e))?;
+    let engine = Engine::new(args.engine.to_config()?)?;
+    // Submit everything first; a bad line becomes an error line in the output.
+    let mut rows: Vec<(Value, Result<(u64, Vec<u32>), String>)> = vec![];
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let submitted = parse_line(&engine, line).and_then(|(id, req)| {
+            let prompt = req.prompt_token_ids.clone();
+            Ok((id, engine.add_request(req)?, prompt))
+        });
+        rows.push(match submitted {
+            Ok((id, rid, prompt)) => (id, Ok((rid, prompt))),
+            Err(e) => (json!(null), Err(format!("line {}: {e}", n + 1))),
+        });
+    }
+    let mut open = rows.iter().filter(|r| r.1.is_ok()).count();
+    let mut events: HashMap<u64, Vec<Event>> = HashMap::new();
+    while open > 0 {
+        for e in engine.poll(1024, Duration::from_millis(100)) {
+            open -= e.is_final() as usize;
+            events.entry(e.request_id).or_default().push(e);
+        }
+    }
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&args.output).map_err(|e| llmrt::Error::io(&args.output, e))?,
+    );
+    for (id, r) in rows {
+        let line = match r {
+            Err(msg) => json!({"id": id, "error": msg}),
+            Ok((rid, prompt)) => result_json(id, &prompt, &events[&rid]),
+        };
+        writeln!(out, "{line}").map_err(|e| llmrt::Error::io(&args.output, e))?;
+    }
+    out.flush().map_err(|e| llmrt::Error::io(&args.output, e))?;
+    eprintln!("{}", engine.metrics().to_json());
+    Ok(())
+}
+
+fn result_json(id: Value, prompt: &[u32], events: &[Event]) -> Value {
+    let token_ids: Vec<u32> = events
+        .iter()
+        .flat_map(|e| e.token_ids.iter().copied())
+        .collect();
+    let text: String = events.iter().map(|e| e.text.as_str()).collect();
+    let last = events.last().expect("a final event");
+    let usage = last.usage.unwrap_or_default();
+    json!({
+        "id": id,
+        "prompt_token_ids": prompt,
+        "token_ids": token_ids,
+        "text": text,
+        "finish_reason": last.finish_reason.map(|r| r.as_str()),
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "cached_prompt_tokens": usage.cached_prompt_tokens,
+        },
+    })
+}
