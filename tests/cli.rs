@@ -222,3 +222,49 @@ fn batch_runs_every_request_and_reports_metrics() {
     assert_eq!(metrics["generation_tokens"], 6 * 32 + 5);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn bench_prints_one_json_object_with_the_stable_keys() {
+    let dir = fixtures().join("models").join("qwen3");
+    let out = llmrt()
+        .args(["bench", "--model"])
+        .arg(&dir)
+        .args([
+            "--threads",
+            "2",
+            "--pp",
+            "64",
+            "--tg",
+            "16",
+            "--concurrency",
+            "4",
+            "--prompt-len",
+            "16",
+            "--gen-len",
+            "8",
+            "--reps",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for key in [
+        "pp64_tok_s",
+        "tg16_tok_s",
+        "concurrent4_out_tok_s",
+        "concurrent4_ttft_p50_s",
+        "peak_rss_bytes",
+        "load_s",
+    ] {
+        assert!(
+            v[key].as_f64().is_some_and(|x| x > 0.0),
+            "{key} missing or not positive in {v}"
+        );
+    }
+}

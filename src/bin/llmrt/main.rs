@@ -1,6 +1,7 @@
 //! The `llmrt` command-line tool.
 
 mod batch;
+mod bench;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use llmrt::output::IncrementalDetokenizer;
@@ -23,6 +24,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Run every request of a JSONL file through the engine at once (continuous batching).
     Batch(batch::BatchArgs),
+    /// Measure prompt processing, generation and concurrent serving throughput.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate(args),
         Command::Batch(args) => batch::run(args),
+        Command::Bench(args) => bench::run_bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
