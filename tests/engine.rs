@@ -604,3 +604,40 @@ fn bad_requests_are_refused_and_serving_continues() {
         assert!(prom.contains(name), "{name} missing from metrics");
     }
 }
+
+#[test]
+fn multi_step_discards_tokens_after_a_stop() {
+    // qwen2moe prompt 1 emits <|im_end|> (EOS) during its greedy continuation.
+    let dir = fixtures().join("models").join("qwen2moe");
+    let expected = read_json(&dir.join("expected.json"));
+    let p = ids(&expected["prompts"][1]["ids"]);
+    let greedy_ids = ids(&expected["greedy_ids"][1]);
+    let eos_at = greedy_ids.iter().position(|&t| t == 2).unwrap();
+    for steps in [1, 4, 8] {
+        let cfg = EngineConfig {
+            model: dir.clone(),
+            num_threads: 2,
+            num_scheduler_steps: steps,
+            ..Default::default()
+        };
+        let engine = Engine::new(cfg).unwrap();
+        let id = engine
+            .add_request(CoreRequest {
+                prompt_token_ids: p.clone(),
+                params: SamplingParams::greedy(32),
+                ..Default::default()
+            })
+            .unwrap();
+        let events = drain(&engine, &[id]);
+        let last = events[&id].last().unwrap();
+        assert_eq!(
+            tokens_of(&events[&id]),
+            greedy_ids[..=eos_at].to_vec(),
+            "num_scheduler_steps {steps}"
+        );
+        assert_eq!(last.finish_reason, Some(FinishReason::Stop));
+        assert_eq!(last.stop_token_id, Some(2));
+        let m = engine.metrics();
+        assert_eq!(m.num_free_kv_blocks, m.num_kv_blocks);
+    }
+}
