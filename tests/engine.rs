@@ -592,8 +592,13 @@ fn bad_requests_are_refused_and_serving_continues() {
             other => panic!("expected an error mentioning {needle}, got {other:?}"),
         }
     }
-    let events = drain(&engine, &[good]);
+    let text = engine.add_prompt("The quick brown fox", greedy(6)).unwrap();
+    let events = drain(&engine, &[good, text]);
     assert_eq!(tokens_of(&events[&good]).len(), 8);
+    let text_events = &events[&text];
+    assert_eq!(tokens_of(text_events).len(), 6);
+    let joined: String = text_events.iter().map(|e| e.text.as_str()).collect();
+    assert_eq!(joined, engine.tokenizer().decode(&tokens_of(text_events), true).unwrap());
     let prom = engine.metrics().to_prometheus();
     for name in [
         "llmrt_num_requests_running",

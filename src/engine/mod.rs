@@ -141,6 +141,16 @@ impl Engine {
         Ok(id)
     }
 
+    /// Tokenizes `prompt` (adding the tokenizer's special tokens, e.g. BOS) and submits it.
+    pub fn add_prompt(&self, prompt: &str, params: SamplingParams) -> Result<RequestId> {
+        let prompt_token_ids = self.info.tokenizer.encode(prompt, true)?;
+        self.add_request(CoreRequest {
+            prompt_token_ids,
+            params,
+            ..Default::default()
+        })
+    }
+
     /// Aborts a request. Its final event (reason `abort`) arrives through `poll`, unless it
     /// had already finished; unknown ids are ignored.
     pub fn abort(&self, id: RequestId) -> Result<()> {
