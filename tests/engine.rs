@@ -598,7 +598,13 @@ fn bad_requests_are_refused_and_serving_continues() {
     let text_events = &events[&text];
     assert_eq!(tokens_of(text_events).len(), 6);
     let joined: String = text_events.iter().map(|e| e.text.as_str()).collect();
-    assert_eq!(joined, engine.tokenizer().decode(&tokens_of(text_events), true).unwrap());
+    assert_eq!(
+        joined,
+        engine
+            .tokenizer()
+            .decode(&tokens_of(text_events), true)
+            .unwrap()
+    );
     let prom = engine.metrics().to_prometheus();
     for name in [
         "llmrt_num_requests_running",

@@ -48,4 +48,23 @@ impl IncrementalDetokenizer {
             String::new()
         }
     }
+
+    /// At the end of the output: the text still held back (an incomplete character is
+    /// rendered as the decoder renders it, U+FFFD), so that all deltas together equal
+    /// the one-shot decode.
+    pub fn flush(&mut self, tok: &Tokenizer) -> String {
+        let skip = self.skip_special_tokens;
+        let prefix = tok
+            .decode(&self.ids[self.prefix_offset..self.read_offset], skip)
+            .unwrap_or_default();
+        let full = tok
+            .decode(&self.ids[self.prefix_offset..], skip)
+            .unwrap_or_default();
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
+        match full.strip_prefix(&prefix) {
+            Some(rest) => rest.to_string(),
+            None => String::new(),
+        }
+    }
 }

@@ -106,6 +106,11 @@ impl OutputProcessor {
             }
             st.last_token = Some(now);
         }
+        if o.finish_reason.is_some() {
+            if let Some(d) = &mut st.detok {
+                text.push_str(&d.flush(&self.tokenizer));
+            }
+        }
         st.num_output_tokens += o.new_token_ids.len();
         metrics.generation_tokens += o.new_token_ids.len() as u64;
         if o.new_token_ids.is_empty() && o.finish_reason.is_none() {

@@ -162,6 +162,7 @@ fn generate(args: GenerateArgs) -> llmrt::Result<()> {
         .remove(0);
     let total = t_start.elapsed().as_secs_f64();
     if stream {
+        let _ = write!(stdout, "{}", detok.flush(&tokenizer));
         let _ = writeln!(stdout);
     } else {
         let json = serde_json::json!({
