@@ -383,3 +383,77 @@ impl EngineConfig {
         Ok(())
     }
 }
+
+impl EngineConfig {
+    /// Options from a JSON object with vLLM's names (`model` required); unknown keys and
+    /// wrong types are errors naming the key.
+    pub fn from_json(v: &Value) -> Result<EngineConfig> {
+        let bad = |m: String| Error::InvalidRequest(m);
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad("the engine configuration must be a JSON object".into()))?;
+        let mut c = EngineConfig::default();
+        let mut has_model = false;
+        for (k, val) in obj {
+            let uint = || {
+                val.as_u64()
+                    .map(|x| x.min(usize::MAX as u64) as usize)
+                    .ok_or_else(|| bad(format!("`{k}` must be a non-negative integer")))
+            };
+            let boolean = || {
+                val.as_bool()
+                    .ok_or_else(|| bad(format!("`{k}` must be true or false")))
+            };
+            let string = || {
+                val.as_str()
+                    .ok_or_else(|| bad(format!("`{k}` must be a string")))
+            };
+            match k.as_str() {
+                "model" => {
+                    c.model = string()?.into();
+                    has_model = true;
+                }
+                "max_num_seqs" => c.max_num_seqs = uint()?,
+                "max_num_batched_tokens" => c.max_num_batched_tokens = uint()?,
+                "max_model_len" => c.max_model_len = Some(uint()?),
+                "block_size" => c.block_size = uint()?,
+                "num_kv_blocks" => c.num_kv_blocks = Some(uint()?),
+                "kv_cache_memory_bytes" => c.kv_cache_memory_bytes = uint()?,
+                "enable_prefix_caching" => c.enable_prefix_caching = boolean()?,
+                "enable_chunked_prefill" => c.enable_chunked_prefill = boolean()?,
+                "long_prefill_token_threshold" => c.long_prefill_token_threshold = uint()?,
+                "num_scheduler_steps" => c.num_scheduler_steps = uint()?,
+                "num_threads" => c.num_threads = uint()?,
+                "seed" => {
+                    c.seed = val
+                        .as_u64()
+                        .ok_or_else(|| bad("`seed` must be a non-negative integer".into()))?
+                }
+                "scheduling_policy" => {
+                    c.scheduling_policy = match string()? {
+                        "fcfs" => crate::sched::SchedulePolicy::Fcfs,
+                        "priority" => crate::sched::SchedulePolicy::Priority,
+                        other => {
+                            return Err(bad(format!(
+                            "`scheduling_policy` must be \"fcfs\" or \"priority\", got \"{other}\""
+                        )))
+                        }
+                    }
+                }
+                "prefix_caching_hash_algo" => {
+                    c.prefix_caching_hash_algo = string()?.parse().map_err(|_| {
+                        bad("`prefix_caching_hash_algo` must be \"sha256\" or \"xxhash\"".into())
+                    })?
+                }
+                other => return Err(bad(format!("unknown engine option `{other}`"))),
+            }
+        }
+        if !has_model {
+            return Err(bad(
+                "the engine configuration needs `model` (a model folder or GGUF file)".into(),
+            ));
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}

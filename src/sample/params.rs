@@ -1,6 +1,7 @@
 //! Sampling parameters with vLLM's names and meanings.
 
 use crate::error::{Error, Result};
+use serde_json::Value;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
@@ -79,6 +80,63 @@ impl SamplingParams {
             ));
         }
         Ok(())
+    }
+
+    /// vLLM's sampling fields from a JSON object (null: defaults); unknown fields and
+    /// wrong types are errors naming the field; the result is validated.
+    pub fn from_json(v: &Value) -> Result<SamplingParams> {
+        let bad = |m: String| Error::InvalidRequest(m);
+        let obj = match v {
+            Value::Null => return Ok(SamplingParams::default()),
+            Value::Object(o) => o,
+            _ => return Err(bad("`sampling` must be an object".into())),
+        };
+        let mut p = SamplingParams::default();
+        for (k, val) in obj {
+            let num = || {
+                val.as_f64()
+                    .ok_or_else(|| bad(format!("`{k}` must be a number")))
+            };
+            let uint = || {
+                val.as_u64()
+                    .ok_or_else(|| bad(format!("`{k}` must be a non-negative integer")))
+            };
+            let boolean = || {
+                val.as_bool()
+                    .ok_or_else(|| bad(format!("`{k}` must be true or false")))
+            };
+            match k.as_str() {
+                "temperature" => p.temperature = num()? as f32,
+                "top_p" => p.top_p = num()? as f32,
+                "top_k" => {
+                    p.top_k =
+                        val.as_i64()
+                            .ok_or_else(|| bad("`top_k` must be an integer".into()))?
+                            .clamp(i32::MIN as i64, i32::MAX as i64) as i32
+                }
+                "seed" => p.seed = Some(uint()?),
+                "max_tokens" => p.max_tokens = uint()?.min(usize::MAX as u64) as usize,
+                "min_tokens" => p.min_tokens = uint()? as usize,
+                "ignore_eos" => p.ignore_eos = boolean()?,
+                "skip_special_tokens" => p.skip_special_tokens = boolean()?,
+                "detokenize" => p.detokenize = boolean()?,
+                "stop_token_ids" => {
+                    p.stop_token_ids = val
+                        .as_array()
+                        .ok_or_else(|| bad("`stop_token_ids` must be a list of token ids".into()))?
+                        .iter()
+                        .map(|x| {
+                            x.as_u64().map(|x| x as u32).ok_or_else(|| {
+                                bad("`stop_token_ids` must be a list of token ids".into())
+                            })
+                        })
+                        .collect::<Result<_>>()?
+                }
+                other => return Err(bad(format!("unknown sampling field `{other}`"))),
+            }
+        }
+        p.validate()?;
+        Ok(p)
     }
 
     pub fn is_greedy(&self) -> bool {
