@@ -166,30 +166,6 @@ impl BlockPool {
         true
     }
 
-    // ---- the minimal API used by `crate::llm` (thin wrappers) ----
-
-    /// Same as [`BlockPool::num_free_blocks`].
-    pub fn num_free(&self) -> usize {
-        self.num_free_blocks()
-    }
-
-    /// Appends `n` new blocks to `out`; false (taking nothing) if fewer are free. See
-    /// [`BlockPool::get_new_blocks`].
-    pub fn allocate(&mut self, n: usize, out: &mut Vec<u32>) -> bool {
-        self.get_new_blocks_into(n, out)
-    }
-
-    /// Adds a reference to a block already in use (sharing).
-    pub fn share(&mut self, block: u32) {
-        debug_assert!(self.ref_cnt[block as usize] > 0);
-        self.touch(&[block]);
-    }
-
-    /// Same as [`BlockPool::free_blocks`].
-    pub fn free(&mut self, blocks: impl IntoIterator<Item = u32>) {
-        self.free_blocks(blocks)
-    }
-
     /// The free queue from head (next to evict) to tail.
     pub fn free_queue_order(&self) -> Vec<u32> {
         self.free_queue.iter().collect()
@@ -333,23 +309,5 @@ mod tests {
         let a = p.get_new_blocks(1).unwrap();
         p.free_blocks(a.clone());
         p.free_blocks(a);
-    }
-
-    #[test]
-    fn minimal_api_wrappers() {
-        let mut p = BlockPool::new(3);
-        assert_eq!(p.num_blocks(), 3);
-        let mut v = vec![];
-        assert!(p.allocate(2, &mut v));
-        assert!(!p.allocate(2, &mut v));
-        assert_eq!(v, vec![0, 1]);
-        assert_eq!(p.num_free(), 1);
-        p.share(0);
-        p.free(v.drain(..).rev());
-        assert_eq!(p.num_free(), 2);
-        assert_eq!(p.ref_cnt(0), 1);
-        p.free([0]);
-        assert_eq!(p.num_free(), 3);
-        p.check_invariants();
     }
 }
