@@ -326,6 +326,9 @@ pub struct EngineConfig {
     pub num_threads: usize,
     /// Seed of requests that carry none.
     pub seed: u64,
+    /// Quantized weights: 8-bit activations with integer dot products (fast, as llama.cpp),
+    /// or exact f32 (`exact`: matches transformers on the dequantized weights).
+    pub matmul_precision: crate::backend::cpu::MatmulPrecision,
 }
 
 impl Default for EngineConfig {
@@ -346,6 +349,7 @@ impl Default for EngineConfig {
             prefix_caching_hash_algo: crate::kv::block_hash::HashAlgo::Sha256,
             num_threads: 0,
             seed: 0,
+            matmul_precision: crate::backend::cpu::MatmulPrecision::Int8Activations,
         }
     }
 }
@@ -437,6 +441,17 @@ impl EngineConfig {
                             return Err(bad(format!(
                             "`scheduling_policy` must be \"fcfs\" or \"priority\", got \"{other}\""
                         )))
+                        }
+                    }
+                }
+                "matmul_precision" => {
+                    c.matmul_precision = match string()? {
+                        "exact" => crate::backend::cpu::MatmulPrecision::Exact,
+                        "int8" => crate::backend::cpu::MatmulPrecision::Int8Activations,
+                        other => {
+                            return Err(bad(format!(
+                                "`matmul_precision` must be \"exact\" or \"int8\", got \"{other}\""
+                            )))
                         }
                     }
                 }

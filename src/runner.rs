@@ -25,6 +25,7 @@ pub struct RunnerConfig {
     pub block_size: usize,
     /// Seed of requests that carry none (combined with the request id).
     pub seed: u64,
+    pub matmul_precision: crate::backend::cpu::MatmulPrecision,
 }
 
 pub struct ModelRunner {
@@ -49,7 +50,7 @@ impl ModelRunner {
         eos_token_ids: Vec<u32>,
     ) -> Self {
         Self::with_backend(
-            CpuBackend::new(cfg.num_threads),
+            CpuBackend::with_precision(cfg.num_threads, cfg.matmul_precision),
             spec,
             weights,
             cfg,

@@ -124,6 +124,7 @@ impl EngineCore {
             num_kv_blocks,
             block_size: cfg.block_size,
             seed: cfg.seed,
+            matmul_precision: cfg.matmul_precision,
         };
         let sched_cfg = SchedulerConfig {
             max_num_seqs: cfg.max_num_seqs,

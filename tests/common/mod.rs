@@ -103,6 +103,7 @@ pub fn run_prompts(model: &Path, prompts: &[Vec<u32>], steps: usize, shape: RunS
         long_prefill_token_threshold: shape.prefill_chunk,
         max_num_seqs: prompts.len(),
         max_model_len: Some(512),
+        matmul_precision: llmrt::backend::cpu::MatmulPrecision::Exact,
         ..Default::default()
     };
     let mut llm = Llm::load(model, opts).expect("model loads");

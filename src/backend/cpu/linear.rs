@@ -1,27 +1,60 @@
 //! Matrix products against stored weights: `out[t, r] = x[t] · w[r] (+ bias[r])`.
 //!
-//! Dense f32 weights go to the `gemm` crate whole. Other types are either dotted row by
-//! row straight from their stored blocks (few tokens: decode, memory bound) or converted
-//! to f32 a tile of rows at a time into a per-thread buffer and multiplied with `gemm`
-//! (many tokens: prefill, compute bound). Both keep f32 semantics.
+//! `MatmulPrecision::Exact`: dense f32 weights go to the `gemm` crate whole. Other types
+//! are either dotted row by row straight from their stored blocks (few tokens: decode,
+//! memory bound) or converted to f32 a tile of rows at a time into a per-thread buffer and
+//! multiplied with `gemm` (many tokens: prefill, compute bound). Both keep f32 semantics.
+//!
+//! `MatmulPrecision::Int8Activations`, for Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K weights:
+//! the token rows are quantized to 8 bits per 32 values once per call (into a per-thread
+//! buffer that grows once), then multiplied with integer kernels (`qdot_q8`): row dots
+//! for few tokens, 32-row tiles x 6-token blocks for many. Other weight types stay exact.
 
 use super::qdot;
+use super::qdot_q8::{self, Q8Acts, Q8Row};
 use super::scratch::with_scratch;
 use super::SyncPtr;
 use crate::tensor::{DType, Weight};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// How `linear` multiplies activations by quantized weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MatmulPrecision {
+    /// f32 activations times exactly dequantized weights: the reference path, which the
+    /// fidelity tests hold to transformers.
+    #[default]
+    Exact,
+    /// Activations quantized to 8 bits per 32 values and integer dot products (as
+    /// llama.cpp does) for Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K weights; faster, with an
+    /// error of at most half an activation quantization step per value. Dense weights
+    /// stay exact.
+    Int8Activations,
+}
 
 /// Up to this many token rows, products are row dots from the stored blocks.
 const MAX_ROWS_FOR_DOT: usize = 4;
 /// Weight rows per parallel task.
 const TILE_ROWS: usize = 64;
 
-pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>, out: &mut [f32]) {
+/// Up to this many token rows, the integer path dots rows from the stored blocks.
+const Q8_MAX_ROWS_FOR_DOT: usize = 4;
+
+pub fn linear(
+    x: &[f32],
+    rows: usize,
+    w: &Weight,
+    bias: Option<&Weight>,
+    out: &mut [f32],
+    precision: MatmulPrecision,
+) {
     let (n_out, k) = (w.rows(), w.cols());
     let x = &x[..rows * k];
     let out = &mut out[..rows * n_out];
-    if w.dtype == DType::F32 && rows > MAX_ROWS_FOR_DOT {
+    if precision == MatmulPrecision::Int8Activations && qdot_q8::supported(w.dtype) {
+        q8_linear(x, rows, w, out);
+    } else if w.dtype == DType::F32 && rows > MAX_ROWS_FOR_DOT {
         dense_gemm(x, rows, w.as_f32().expect("f32 weight"), n_out, k, out);
     } else if rows <= MAX_ROWS_FOR_DOT {
         row_dots(x, rows, w, out);
@@ -134,6 +167,84 @@ fn tiled_gemm(x: &[f32], rows: usize, w: &Weight, out: &mut [f32]) {
         });
 }
 
+thread_local! {
+    /// The quantized activations of the current call (grows once per thread).
+    static ACTS: RefCell<Q8Acts> = RefCell::new(Q8Acts::new());
+    /// A tile's output, `rows x 16` (grows once per thread).
+    static TILE_OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn q8_linear(x: &[f32], rows: usize, w: &Weight, out: &mut [f32]) {
+    ACTS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut acts) => q8_linear_with(&mut acts, x, rows, w, out),
+        // Re-entered on this thread (not the case in this crate): a temporary buffer.
+        Err(_) => q8_linear_with(&mut Q8Acts::new(), x, rows, w, out),
+    })
+}
+
+fn q8_linear_with(acts: &mut Q8Acts, x: &[f32], rows: usize, w: &Weight, out: &mut [f32]) {
+    let (n_out, k) = (w.rows(), w.cols());
+    if rows == 0 || n_out == 0 {
+        return;
+    }
+    acts.quantize(x, rows, k);
+    let acts = &*acts;
+    let rb = w.row_bytes_len();
+    let wb = w.bytes();
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let threads = rayon::current_num_threads();
+    if rows <= Q8_MAX_ROWS_FOR_DOT {
+        // Few tokens: weight rows in chunks of up to 64 rows, at least 4 chunks a thread.
+        const CHUNK: usize = 64;
+        let chunk = n_out
+            .div_ceil(4 * threads)
+            .next_multiple_of(16)
+            .clamp(16, CHUNK);
+        let xs: [Q8Row; Q8_MAX_ROWS_FOR_DOT] = std::array::from_fn(|t| acts.row(t.min(rows - 1)));
+        let xs = &xs[..rows];
+        (0..n_out.div_ceil(chunk)).into_par_iter().for_each(|c| {
+            let start = c * chunk;
+            let n = chunk.min(n_out - start);
+            let mut buf = [0f32; CHUNK * Q8_MAX_ROWS_FOR_DOT];
+            let buf = &mut buf[..n * rows];
+            qdot_q8::dot_rows(w.dtype, &wb[start * rb..(start + n) * rb], k, xs, buf);
+            for (i, o) in buf.chunks_exact(rows).enumerate() {
+                for (t, &v) in o.iter().enumerate() {
+                    // SAFETY: each (t, r) is written by exactly one task; index in bounds.
+                    unsafe { *out_ptr.get().add(t * n_out + start + i) = v };
+                }
+            }
+        });
+    } else {
+        let tr = qdot_q8::TILE_ROWS;
+        (0..n_out.div_ceil(tr)).into_par_iter().for_each(|tile| {
+            let start = tile * tr;
+            let n = tr.min(n_out - start);
+            TILE_OUT.with(|cell| {
+                let mut buf = cell.borrow_mut();
+                if buf.len() < rows * tr {
+                    buf.resize(rows * tr, 0.0);
+                }
+                qdot_q8::gemm_tile(
+                    w.dtype,
+                    &wb[start * rb..(start + n) * rb],
+                    n,
+                    acts,
+                    &mut buf,
+                );
+                for t in 0..rows {
+                    let src = &buf[t * tr..t * tr + n];
+                    // SAFETY: this task alone writes columns start..start+n of every row.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out_ptr.get().add(t * n_out + start), n)
+                    };
+                    dst.copy_from_slice(src);
+                }
+            });
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +292,7 @@ mod tests {
                     &weight,
                     Some(&Weight::from_f32(vec![n_out], &bias)),
                     &mut out,
+                    MatmulPrecision::Exact,
                 );
                 for t in 0..rows {
                     for r in 0..n_out {
@@ -198,5 +310,428 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn quant_weight(dtype: DType, rows: usize, cols: usize, seed: u64) -> Weight {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let bytes: Vec<u8> = (0..rows)
+            .flat_map(|_| qdot_q8::tests::random_row(&mut rng, dtype, cols))
+            .collect();
+        Weight::new(
+            dtype,
+            vec![rows, cols],
+            Arc::new(AlignedBytes::from_slice(&bytes)),
+            0,
+            bytes.len(),
+        )
+        .unwrap()
+    }
+
+    /// The integer path (row dots and tiles, every token-block remainder, a partial last
+    /// tile) agrees with the exact f64 product within the activation rounding bound
+    /// `sum_i |w_i| d_i / 2`, and dense weights stay exact under it.
+    #[test]
+    fn linear_int8_within_activation_rounding_bound() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for dtype in qdot_q8::tests::TYPES {
+            let k = 2 * dtype.block_len().max(64);
+            let n_out = 150;
+            let w = quant_weight(dtype, n_out, k, 10 + dtype as u64);
+            let dense = w.to_f32_vec();
+            let bias = values(n_out, 4);
+            let bias_w = Weight::from_f32(vec![n_out], &bias);
+            for rows in [1, 2, 4, 5, 8, 9, 23] {
+                let x: Vec<f32> = (0..rows)
+                    .flat_map(|_| qdot_q8::tests::random_x(&mut rng, k))
+                    .collect();
+                let mut out = vec![f32::NAN; rows * n_out];
+                let p = MatmulPrecision::Int8Activations;
+                linear(&x, rows, &w, Some(&bias_w), &mut out, p);
+                for t in 0..rows {
+                    let xt = &x[t * k..(t + 1) * k];
+                    let steps: Vec<f64> = xt
+                        .chunks_exact(32)
+                        .map(|b| b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0)
+                        .collect();
+                    for r in 0..n_out {
+                        let wr = &dense[r * k..(r + 1) * k];
+                        let want: f64 = wr
+                            .iter()
+                            .zip(xt)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum::<f64>()
+                            + bias[r] as f64;
+                        let bound: f64 = wr
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &a)| a.abs() as f64 * steps[i / 32] * 0.5)
+                            .sum::<f64>()
+                            * 1.01
+                            + 1e-4 * (1.0 + want.abs());
+                        let got = out[t * n_out + r] as f64;
+                        assert!(
+                            (got - want).abs() <= bound,
+                            "{dtype} rows {rows} ({t},{r}): {got} vs {want} (bound {bound})"
+                        );
+                    }
+                }
+            }
+        }
+        // Dense weights ignore the setting.
+        let (n_out, k) = (40, 64);
+        let wv = values(n_out * k, 5);
+        let w = f16_weight(n_out, k, &wv);
+        let x = values(3 * k, 6);
+        let mut a = vec![0f32; 3 * n_out];
+        let mut b = vec![0f32; 3 * n_out];
+        linear(&x, 3, &w, None, &mut a, MatmulPrecision::Exact);
+        linear(&x, 3, &w, None, &mut b, MatmulPrecision::Int8Activations);
+        assert_eq!(a, b);
+    }
+
+    /// Requantizes values to Q8_0 (per 32: `d = max|x| / 127`) or Q4_1 (`d = (max - min) / 15`,
+    /// `m = min`), for benchmark weights of the same shapes in the other format.
+    fn requantize(dtype: DType, v: &[f32], rows: usize, cols: usize) -> Weight {
+        use half::f16;
+        let mut bytes = Vec::new();
+        for b in v.chunks_exact(32) {
+            match dtype {
+                DType::Q8_0 => {
+                    let d = b.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+                    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                    bytes.extend(f16::from_f32(d).to_le_bytes());
+                    bytes.extend(b.iter().map(|x| (x * id).round() as i8 as u8));
+                }
+                DType::Q4_1 => {
+                    let lo = b.iter().cloned().fold(f32::INFINITY, f32::min);
+                    let hi = b.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let d = (hi - lo) / 15.0;
+                    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                    bytes.extend(f16::from_f32(d).to_le_bytes());
+                    bytes.extend(f16::from_f32(lo).to_le_bytes());
+                    let q: Vec<u8> = b
+                        .iter()
+                        .map(|x| ((x - lo) * id).round().clamp(0.0, 15.0) as u8)
+                        .collect();
+                    bytes.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
+                }
+                _ => unreachable!(),
+            }
+        }
+        Weight::new(
+            dtype,
+            vec![rows, cols],
+            Arc::new(AlignedBytes::from_slice(&bytes)),
+            0,
+            bytes.len(),
+        )
+        .unwrap()
+    }
+
+    /// Seconds per call of `f`: the best of 5 batches of calls, each batch at least 40 ms.
+    fn time_it(mut f: impl FnMut()) -> f64 {
+        f();
+        let mut n = 1;
+        loop {
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            if t.elapsed().as_secs_f64() >= 0.04 {
+                break;
+            }
+            n *= 2;
+        }
+        (0..5)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                for _ in 0..n {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / n as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// On the default model (SmolLM2-135M Q4_1): agreement of the integer path with the
+    /// exact one on real layers, and G values/s of both (1 and 2 threads, 1 and 512 rows):
+    /// `cargo test --release --lib linear_q8_real_model_bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn linear_q8_real_model_bench() {
+        use crate::model::weights::Ffn;
+        let path = crate::default_model_path();
+        if !path.exists() {
+            eprintln!("{} missing: skipped", path.display());
+            return;
+        }
+        let model = crate::Model::load(&path).unwrap();
+        let wts = &model.weights;
+        let eps = model.config.rms_norm_eps;
+        let h = wts.embed.cols();
+        let n_tok = 512;
+        let ids: Vec<u32> = (0..n_tok as u32)
+            .map(|i| (i * 7919 + 13) % wts.embed.rows() as u32)
+            .collect();
+        let mut emb = vec![0f32; n_tok * h];
+        super::super::ops::embed(&ids, &wts.embed, &mut emb);
+
+        // Accuracy: real weights, realistic inputs (normed embeddings; silu(gate) * up).
+        eprintln!("accuracy of Int8Activations vs Exact (max |diff| / max |exact|, rms ratio):");
+        let run = |x: &[f32], rows: usize, w: &Weight, p: MatmulPrecision| {
+            let mut o = vec![0f32; rows * w.rows()];
+            linear(x, rows, w, None, &mut o, p);
+            o
+        };
+        let compare = |name: &str, x: &[f32], w: &Weight| {
+            let mut line = format!("  {name:<10} {:<5} {}x{}:", w.dtype, w.rows(), w.cols());
+            for rows in [1, n_tok] {
+                let e = run(x, rows, w, MatmulPrecision::Exact);
+                let q = run(x, rows, w, MatmulPrecision::Int8Activations);
+                let maxe = e.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                let maxd = e
+                    .iter()
+                    .zip(&q)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs())) as f64;
+                let rms = |v: &mut dyn Iterator<Item = f64>| {
+                    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x * x, n + 1));
+                    (s / n as f64).sqrt()
+                };
+                let rd = rms(&mut e.iter().zip(&q).map(|(a, b)| (a - b) as f64));
+                let re = rms(&mut e.iter().map(|&a| a as f64));
+                line += &format!(
+                    "  rows {rows}: max {:.2e}, rms {:.2e}",
+                    maxd / maxe,
+                    rd / re
+                );
+            }
+            eprintln!("{line}");
+        };
+        for li in [0, wts.layers.len() / 2, wts.layers.len() - 1] {
+            let l = &wts.layers[li];
+            let Ffn::Dense(m) = &l.ffn else { continue };
+            let mut xa = vec![0f32; n_tok * h];
+            super::super::ops::rms_norm(&emb, n_tok, &l.attn_norm, eps, &mut xa);
+            let mut xf = vec![0f32; n_tok * h];
+            super::super::ops::rms_norm(&emb, n_tok, &l.ffn_norm, eps, &mut xf);
+            eprintln!(" layer {li}:");
+            for (name, w) in [("q", &l.q), ("k", &l.k), ("v", &l.v), ("o", &l.o)] {
+                compare(name, &xa, w);
+            }
+            compare("gate", &xf, &m.gate);
+            compare("up", &xf, &m.up);
+            let inter = m.gate.rows();
+            let g = run(&xf, n_tok, &m.gate, MatmulPrecision::Exact);
+            let u = run(&xf, n_tok, &m.up, MatmulPrecision::Exact);
+            let mut act = vec![0f32; n_tok * inter];
+            super::super::ops::silu_mul(&g, &u, n_tok * inter, &mut act);
+            compare("down", &act, &m.down);
+        }
+        let mut xn = vec![0f32; n_tok * h];
+        super::super::ops::rms_norm(&emb, n_tok, &wts.norm, eps, &mut xn);
+        compare("lm_head", &xn, &wts.lm_head);
+
+        // All linears of one forward step (30 layers + head), 1 row (decode) and 512 rows
+        // (prefill; head on 1 row), weights cold as in a real step.
+        let mut all: Vec<&Weight> = Vec::new();
+        for l in &wts.layers {
+            let Ffn::Dense(m) = &l.ffn else { continue };
+            all.extend([&l.q, &l.k, &l.v, &l.o, &m.gate, &m.up, &m.down]);
+        }
+        let xin: Vec<f32> = (0..n_tok * 1536)
+            .map(|i| emb[i % emb.len()] * 40.0)
+            .collect();
+        let mut obuf = vec![0f32; n_tok * 1536];
+        let mut hbuf = vec![0f32; wts.lm_head.rows()];
+        eprintln!("all linears of one step (ms), exact -> int8:");
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut line = format!("  {threads} threads:");
+            for rows in [1, n_tok] {
+                let mut step = |p: MatmulPrecision| {
+                    pool.install(|| {
+                        time_it(|| {
+                            for w in &all {
+                                let x = &xin[..rows * w.cols()];
+                                linear(x, rows, w, None, &mut obuf, p);
+                            }
+                            linear(&xin[..h], 1, &wts.lm_head, None, &mut hbuf, p);
+                        })
+                    }) * 1e3
+                };
+                let e = step(MatmulPrecision::Exact);
+                let q = step(MatmulPrecision::Int8Activations);
+                line += &format!("  rows {rows}: {e:8.2} -> {q:7.2} ({:.1}x)", e / q);
+            }
+            eprintln!("{line}");
+        }
+
+        // Speed: the real tensors and the same shapes requantized to the other format.
+        let l0 = &wts.layers[0];
+        let Ffn::Dense(m0) = &l0.ffn else { return };
+        let mut weights: Vec<(&str, Weight)> = Vec::new();
+        for (name, w) in [
+            ("q", &l0.q),
+            ("gate", &m0.gate),
+            ("down", &m0.down),
+            ("lm_head", &wts.lm_head),
+        ] {
+            let other = if w.dtype == DType::Q8_0 {
+                DType::Q4_1
+            } else {
+                DType::Q8_0
+            };
+            let re = requantize(other, &w.to_f32_vec(), w.rows(), w.cols());
+            let (a, b) = if w.dtype == DType::Q4_1 {
+                (w.clone(), re)
+            } else {
+                (re, w.clone())
+            };
+            weights.push((name, a));
+            weights.push((name, b));
+        }
+        let big = vec![0.5f32; n_tok * 1536];
+        let xs: Vec<f32> = (0..n_tok * 1536)
+            .map(|i| emb[i % emb.len()] * 40.0 + big[i] * 0.0)
+            .collect();
+        eprintln!("speed, G values/s (rows x out x in / s); exact -> int8 (ratio):");
+        for (name, w) in &weights {
+            let mut line = format!("  {name:<8} {:<5} {:>5}x{:<5}", w.dtype, w.rows(), w.cols());
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                for rows in [1, n_tok] {
+                    let mut o = vec![0f32; rows * w.rows()];
+                    let x = &xs[..rows * w.cols()];
+                    let mut speed = |p: MatmulPrecision| {
+                        let s = pool.install(|| time_it(|| linear(x, rows, w, None, &mut o, p)));
+                        (rows * w.rows() * w.cols()) as f64 / s / 1e9
+                    };
+                    let e = speed(MatmulPrecision::Exact);
+                    let q = speed(MatmulPrecision::Int8Activations);
+                    line += &format!("  {threads}t r{rows:<3} {e:6.2} -> {q:6.2} ({:.1}x)", q / e);
+                }
+            }
+            eprintln!("{line}");
+        }
+    }
+
+    /// End to end on the default model, Exact vs Int8Activations: prefill of 512 tokens
+    /// and 128 teacher-forced decode steps (the exact run's greedy tokens), tok/s and how
+    /// the logits agree. `LLMRT_BENCH_THREADS` (default 2) sets the threads:
+    /// `cargo test --release --lib linear_q8_end_to_end_bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn linear_q8_end_to_end_bench() {
+        use crate::backend::cpu::CpuBackend;
+        use crate::kv::KvCache;
+        use crate::model::arch::ArchSpec;
+        use crate::model::decoder::{Decoder, ForwardBatch};
+        let path = crate::default_model_path();
+        if !path.exists() {
+            eprintln!("{} missing: skipped", path.display());
+            return;
+        }
+        let threads: usize = std::env::var("LLMRT_BENCH_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2);
+        let (n_prompt, n_gen, bs, max_len) = (512usize, 128usize, 16usize, 1024usize);
+        let run = |p: MatmulPrecision, forced: Option<&[u32]>| {
+            let model = crate::Model::load(&path).unwrap();
+            let spec = ArchSpec::from_config(&model.config);
+            let vocab = spec.vocab_size;
+            let nblocks = max_len / bs;
+            let mut kv = KvCache::new(spec.num_layers, nblocks, bs, spec.kv_size());
+            let backend = CpuBackend::with_precision(threads, p);
+            let mut dec = Decoder::new(backend, spec, model.weights, n_prompt, max_len);
+            let table: Vec<u32> = (0..nblocks as u32).collect();
+            let prompt: Vec<u32> = (0..n_prompt as u32)
+                .map(|i| (i * 7919 + 13) % vocab as u32)
+                .collect();
+            let mut batch = ForwardBatch::new(nblocks);
+            let mut logits = vec![0f32; vocab];
+            let mut all_logits = Vec::new();
+            batch.push_seq(&prompt, 0, &table, bs);
+            batch.logits_rows.push(n_prompt as u32 - 1);
+            let t = std::time::Instant::now();
+            dec.forward(&batch, &mut kv, &mut logits);
+            let prefill = n_prompt as f64 / t.elapsed().as_secs_f64();
+            all_logits.push(logits.clone());
+            let mut tokens = Vec::new();
+            let t = std::time::Instant::now();
+            for i in 0..n_gen {
+                let next =
+                    match forced {
+                        Some(f) => f[i],
+                        None => {
+                            let (arg, _) = logits.iter().enumerate().fold(
+                                (0, f32::NEG_INFINITY),
+                                |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+                            );
+                            arg as u32
+                        }
+                    };
+                tokens.push(next);
+                batch.clear();
+                batch.push_seq(&[next], n_prompt + i, &table, bs);
+                batch.logits_rows.push(0);
+                dec.forward(&batch, &mut kv, &mut logits);
+                all_logits.push(logits.clone());
+            }
+            let decode = n_gen as f64 / t.elapsed().as_secs_f64();
+            (prefill, decode, tokens, all_logits)
+        };
+        if std::env::var("LLMRT_BENCH_ONLY").is_ok_and(|v| v == "int8") {
+            // For profiling: the integer path alone (greedy, not teacher-forced).
+            let (p, d, _, _) = run(MatmulPrecision::Int8Activations, None);
+            eprintln!("Int8Activations: prefill {p:.1} tok/s, decode {d:.1} tok/s");
+            return;
+        }
+        let (pe, de, toks, le) = run(MatmulPrecision::Exact, None);
+        let (pq, dq, _, lq) = run(MatmulPrecision::Int8Activations, Some(&toks));
+        let (pe2, de2, _, _) = run(MatmulPrecision::Exact, Some(&toks));
+        let (pq2, dq2, _, _) = run(MatmulPrecision::Int8Activations, Some(&toks));
+        eprintln!("{threads} threads, prompt {n_prompt}, {n_gen} decode steps (two runs each):");
+        eprintln!("  Exact:           prefill {pe:7.1} / {pe2:7.1} tok/s, decode {de:6.1} / {de2:6.1} tok/s");
+        eprintln!("  Int8Activations: prefill {pq:7.1} / {pq2:7.1} tok/s, decode {dq:6.1} / {dq2:6.1} tok/s");
+        let argmax = |l: &[f32]| {
+            l.iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+                )
+                .0
+        };
+        let same = le
+            .iter()
+            .zip(&lq)
+            .filter(|(a, b)| argmax(a) == argmax(b))
+            .count();
+        let maxd = le
+            .iter()
+            .zip(&lq)
+            .map(|(a, b)| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())))
+            .fold(0f32, f32::max);
+        let spread = le
+            .iter()
+            .map(|a| {
+                let mx = a.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let mn = a.iter().cloned().fold(f32::INFINITY, f32::min);
+                mx - mn
+            })
+            .fold(0f32, f32::max);
+        eprintln!(
+            "  agreement: top-1 same at {same}/{} steps, max |logit diff| {maxd:.3} (logit range {spread:.1})",
+            le.len()
+        );
     }
 }

@@ -7,8 +7,14 @@ pub mod ops;
 pub mod qdot;
 pub mod qdot_avx2;
 pub mod qdot_avx512;
+pub mod qdot_q8;
+pub mod qdot_q8_avx2;
+pub mod qdot_q8_avx512;
+pub mod qdot_q8_scalar;
 pub mod qdot_scalar;
 mod scratch;
+
+pub use linear::MatmulPrecision;
 
 use super::{AttnMeta, Backend, MoeScratch, RopeTable};
 use crate::kv::{KvCache, KvLayer};
@@ -32,11 +38,19 @@ impl SyncPtr {
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     routing: Mutex<moe::Routing>,
+    precision: MatmulPrecision,
 }
 
 impl CpuBackend {
-    /// A backend with its own pool of `num_threads` worker threads (0: one per core).
+    /// A backend with its own pool of `num_threads` worker threads (0: one per core),
+    /// with exact f32 matmuls (`MatmulPrecision::Exact`).
     pub fn new(num_threads: usize) -> Self {
+        Self::with_precision(num_threads, MatmulPrecision::Exact)
+    }
+
+    /// A backend whose matmuls by quantized weights use `precision`
+    /// (`MatmulPrecision::Int8Activations`: the faster integer path).
+    pub fn with_precision(num_threads: usize, precision: MatmulPrecision) -> Self {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(num_threads)
             .thread_name(|i| format!("llmrt-cpu-{i}"))
@@ -45,7 +59,12 @@ impl CpuBackend {
         CpuBackend {
             pool,
             routing: Mutex::new(moe::Routing::default()),
+            precision,
         }
+    }
+
+    pub fn precision(&self) -> MatmulPrecision {
+        self.precision
     }
 
     pub fn num_threads(&self) -> usize {
@@ -93,7 +112,9 @@ impl Backend for CpuBackend {
         bias: Option<&Weight>,
         out: &mut Vec<f32>,
     ) {
-        self.pool.install(|| linear::linear(x, rows, w, bias, out));
+        let p = self.precision;
+        self.pool
+            .install(|| linear::linear(x, rows, w, bias, out, p));
     }
 
     fn rope(
@@ -139,8 +160,18 @@ impl Backend for CpuBackend {
     ) {
         let mut guard = self.routing.lock();
         let routing: &mut moe::Routing = &mut guard;
-        self.pool
-            .install(|| moe::moe(x, rows, experts, spec, scratch, routing, out));
+        self.pool.install(|| {
+            moe::moe(
+                x,
+                rows,
+                experts,
+                spec,
+                scratch,
+                routing,
+                out,
+                self.precision,
+            )
+        });
     }
 
     fn copy_blocks(&self, cache: &mut KvCache, pairs: &[(u32, u32)]) {
@@ -168,7 +199,7 @@ impl Backend for CpuBackend {
         }
         self.pool.install(|| {
             ops::rms_norm_inplace(scratch, rows.len(), norm, eps);
-            linear::linear(scratch, rows.len(), head, None, out);
+            linear::linear(scratch, rows.len(), head, None, out, self.precision);
         });
     }
 }

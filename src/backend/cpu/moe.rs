@@ -1,7 +1,8 @@
 //! Mixture-of-experts feed-forward: route each token to its top-k experts, run each expert
 //! over the tokens routed to it, add the weighted outputs; plus Qwen2-MoE's gated shared expert.
+//! The router and the shared-expert gate stay exact (routing decisions are discrete).
 
-use super::{linear::linear, ops};
+use super::{linear::linear, ops, MatmulPrecision};
 use crate::backend::MoeScratch;
 use crate::model::arch::MoeSpec;
 use crate::model::weights::{DenseMlp, MoeWeights};
@@ -58,12 +59,19 @@ pub fn route(logits: &[f32], rows: usize, spec: &MoeSpec, routing: &mut Routing)
     }
 }
 
-fn dense_mlp(x: &[f32], rows: usize, m: &DenseMlp, s: &mut MoeScratch<Vec<f32>>, out: &mut [f32]) {
+fn dense_mlp(
+    x: &[f32],
+    rows: usize,
+    m: &DenseMlp,
+    s: &mut MoeScratch<Vec<f32>>,
+    out: &mut [f32],
+    p: MatmulPrecision,
+) {
     let inter = m.gate.rows();
-    linear(x, rows, &m.gate, None, &mut s.gate);
-    linear(x, rows, &m.up, None, &mut s.up);
+    linear(x, rows, &m.gate, None, &mut s.gate, p);
+    linear(x, rows, &m.up, None, &mut s.up, p);
     ops::silu_mul(&s.gate, &s.up, rows * inter, &mut s.act);
-    linear(&s.act, rows, &m.down, None, out);
+    linear(&s.act, rows, &m.down, None, out, p);
 }
 
 pub fn moe(
@@ -74,9 +82,17 @@ pub fn moe(
     s: &mut MoeScratch<Vec<f32>>,
     routing: &mut Routing,
     out: &mut [f32],
+    precision: MatmulPrecision,
 ) {
     let h = w.router.cols();
-    linear(x, rows, &w.router, None, &mut s.router_logits);
+    linear(
+        x,
+        rows,
+        &w.router,
+        None,
+        &mut s.router_logits,
+        MatmulPrecision::Exact,
+    );
     route(&s.router_logits, rows, spec, routing);
     out[..rows * h].fill(0.0);
     for (e, expert) in w.experts.iter().enumerate() {
@@ -90,16 +106,30 @@ pub fn moe(
         }
         let gathered = std::mem::take(&mut s.gathered);
         let mut expert_out = std::mem::take(&mut s.expert_out);
-        dense_mlp(&gathered, routed.len(), expert, s, &mut expert_out);
+        dense_mlp(
+            &gathered,
+            routed.len(),
+            expert,
+            s,
+            &mut expert_out,
+            precision,
+        );
         ops::scatter_add_rows(&expert_out, routed, &routing.weights[e], h, out);
         s.gathered = gathered;
         s.expert_out = expert_out;
     }
     if let Some((shared, gate)) = &w.shared {
         let mut expert_out = std::mem::take(&mut s.expert_out);
-        dense_mlp(x, rows, shared, s, &mut expert_out);
+        dense_mlp(x, rows, shared, s, &mut expert_out, precision);
         // The gate has one output: reuse the router-logits buffer for it.
-        linear(x, rows, gate, None, &mut s.router_logits);
+        linear(
+            x,
+            rows,
+            gate,
+            None,
+            &mut s.router_logits,
+            MatmulPrecision::Exact,
+        );
         for t in 0..rows {
             let g = 1.0 / (1.0 + (-s.router_logits[t]).exp());
             for (o, v) in out[t * h..(t + 1) * h]

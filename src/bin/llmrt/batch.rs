@@ -1,6 +1,7 @@
 //! `llmrt batch`: every request of a JSONL file submitted at once to the engine.
 
 use clap::Args;
+use llmrt::backend::cpu::MatmulPrecision;
 use llmrt::config::EngineConfig;
 use llmrt::engine::Engine;
 use llmrt::sched::SchedulePolicy;
@@ -47,6 +48,9 @@ pub struct EngineArgs {
     pub threads: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Quantized weights: `int8` activations (fast) or `exact` f32.
+    #[arg(long, default_value = "int8")]
+    pub matmul_precision: String,
 }
 
 impl EngineArgs {
@@ -60,7 +64,17 @@ impl EngineArgs {
                 )))
             }
         };
+        let matmul_precision = match self.matmul_precision.as_str() {
+            "int8" => MatmulPrecision::Int8Activations,
+            "exact" => MatmulPrecision::Exact,
+            other => {
+                return Err(llmrt::Error::InvalidRequest(format!(
+                    "--matmul-precision must be int8 or exact, got `{other}`"
+                )))
+            }
+        };
         Ok(EngineConfig {
+            matmul_precision,
             model: self.model.clone().unwrap_or_else(llmrt::default_model_path),
             max_num_seqs: self.max_num_seqs,
             max_num_batched_tokens: self.max_num_batched_tokens,
@@ -133,12 +147,15 @@ fn parse_line(engine: &Engine, line: &str) -> llmrt::Result<(Value, CoreRequest)
     ))
 }
 
+/// A submitted line: its engine request id and prompt, or why it was refused.
+type Submitted = Result<(u64, Vec<u32>), String>;
+
 pub fn run(args: BatchArgs) -> llmrt::Result<()> {
     let text =
         std::fs::read_to_string(&args.input).map_err(|e| llmrt::Error::io(&args.input, e))?;
     let engine = Engine::new(args.engine.to_config()?)?;
     // Submit everything first; a bad line becomes an error line in the output.
-    let mut rows: Vec<(Value, Result<(u64, Vec<u32>), String>)> = vec![];
+    let mut rows: Vec<(Value, Submitted)> = vec![];
     for (n, line) in text
         .lines()
         .enumerate()

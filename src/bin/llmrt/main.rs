@@ -74,6 +74,15 @@ struct GenerateArgs {
     block_size: usize,
     #[arg(long, default_value_t = 512)]
     max_num_batched_tokens: usize,
+    /// Quantized weights: `int8` activations (fast) or `exact` f32 (matches transformers).
+    #[arg(long, value_enum, default_value_t = Precision::Int8)]
+    matmul_precision: Precision,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Precision {
+    Int8,
+    Exact,
 }
 
 fn main() -> ExitCode {
@@ -125,6 +134,10 @@ fn generate(args: GenerateArgs) -> llmrt::Result<()> {
         max_num_batched_tokens: args.max_num_batched_tokens,
         long_prefill_token_threshold: args.max_num_batched_tokens,
         max_num_seqs: 1,
+        matmul_precision: match args.matmul_precision {
+            Precision::Int8 => llmrt::backend::cpu::MatmulPrecision::Int8Activations,
+            Precision::Exact => llmrt::backend::cpu::MatmulPrecision::Exact,
+        },
         ..Default::default()
     };
     let mut llm = Llm::load(&model, opts)?;
