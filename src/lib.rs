@@ -3,6 +3,7 @@
 //! Data flows one way: engine -> scheduler -> runner -> backend; results come back as values.
 
 pub mod backend;
+pub mod capi;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -3,6 +3,7 @@
 //! a thread-safe front: submit and abort from any thread, poll events from any thread.
 
 pub mod core;
+pub mod request_json;
 
 pub use self::core::{CoreRequest, EngineCore, Limits, ModelInfo};
 

@@ -132,7 +132,7 @@ impl SamplingParams {
                         })
                         .collect::<Result<_>>()?
                 }
-                other => return Err(bad(format!("unknown sampling field `{other}`"))),
+                other => return Err(bad(format!("unknown field `{other}`"))),
             }
         }
         p.validate()?;

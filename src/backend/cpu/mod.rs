@@ -22,6 +22,9 @@ use crate::model::arch::MoeSpec;
 use crate::model::weights::MoeWeights;
 use crate::tensor::Weight;
 use parking_lot::Mutex;
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 /// A raw pointer that parallel tasks share to write disjoint parts of one output.
 #[derive(Clone, Copy)]
@@ -36,7 +39,9 @@ impl SyncPtr {
 }
 
 pub struct CpuBackend {
-    pool: rayon::ThreadPool,
+    /// Dropped by hand in `Drop`, before the workers are joined.
+    pool: ManuallyDrop<rayon::ThreadPool>,
+    workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
     routing: Mutex<moe::Routing>,
     precision: MatmulPrecision,
 }
@@ -51,13 +56,25 @@ impl CpuBackend {
     /// A backend whose matmuls by quantized weights use `precision`
     /// (`MatmulPrecision::Int8Activations`: the faster integer path).
     pub fn with_precision(num_threads: usize, precision: MatmulPrecision) -> Self {
+        // Spawn the workers ourselves to keep their handles: a host that unloads the
+        // library after freeing an engine must find no library thread still running.
+        let workers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let handles = workers.clone();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(num_threads)
-            .thread_name(|i| format!("llmrt-cpu-{i}"))
+            .spawn_handler(move |thread| {
+                let name = format!("llmrt-cpu-{}", thread.index());
+                let h = std::thread::Builder::new()
+                    .name(name)
+                    .spawn(|| thread.run())?;
+                handles.lock().push(h);
+                Ok(())
+            })
             .build()
             .expect("failed to start the CPU worker threads");
         CpuBackend {
-            pool,
+            pool: ManuallyDrop::new(pool),
+            workers,
             routing: Mutex::new(moe::Routing::default()),
             precision,
         }
@@ -69,6 +86,16 @@ impl CpuBackend {
 
     pub fn num_threads(&self) -> usize {
         self.pool.current_num_threads()
+    }
+}
+
+impl Drop for CpuBackend {
+    fn drop(&mut self) {
+        // SAFETY: the pool is not used after this point.
+        unsafe { ManuallyDrop::drop(&mut self.pool) };
+        for h in self.workers.lock().drain(..) {
+            let _ = h.join();
+        }
     }
 }
 
