@@ -15,3 +15,27 @@ cargo build --locked --lib
 make -s -C bindings/c test
 make -s -C bindings/c valgrind
 make -s -C bindings/c install-test
+
+# The C++ binding (bindings/cpp/llmrt.hpp): its GoogleTest suite, built with CMake against
+# the same target/debug/libllmrt.so, reference values generated from the fixture.
+cmake -S bindings/cpp -B target/cpp-tests -DCMAKE_BUILD_TYPE=Debug --log-level=WARNING
+cmake --build target/cpp-tests --parallel 2
+ctest --test-dir target/cpp-tests --output-on-failure --parallel 2
+
+# The Go binding (bindings/go) over cgo, with the race detector, against the same
+# target/debug/libllmrt.so: linked through a folder holding its SONAME link, found at run
+# time through an rpath. -count=1: the test cache does not see the shared library change.
+go_root="$PWD"
+go_lib="$go_root/target/go/lib"
+mkdir -p "$go_lib"
+ln -sfn "$go_root/target/debug/libllmrt.so" "$go_lib/libllmrt.so.0"
+ln -sfn libllmrt.so.0 "$go_lib/libllmrt.so"
+(cd bindings/go && CGO_CFLAGS="-O2 -g -I$go_root/include" \
+    CGO_LDFLAGS="-L$go_lib -Wl,-rpath,$go_lib" go test -count=1 -race ./...)
+
+# The Java binding (bindings/java, JNI): builds libllmrt_jni.so into target/java/debug
+# beside a libllmrt.so.0 link to the same target/debug/libllmrt.so, then runs its JUnit 5
+# tests with `mvn -q -B test` (java.library.path = that folder) and prints the Surefire
+# summary; a failing test fails this script. Plugin versions are pinned: Maven downloads
+# them on the first run only.
+make -s -C bindings/java test

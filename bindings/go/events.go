@@ -1,0 +1,281 @@
+package llmrt
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+)
+
+// EventKind tells a token event from a request's final event.
+type EventKind int32
+
+const (
+	// EventToken carries new tokens (and their text) of a running request.
+	EventToken EventKind = 0
+	// EventFinal is a request's last event: it may carry tokens too, and has a finish
+	// reason and usage. Exactly one per request.
+	EventFinal EventKind = 1
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case EventToken:
+		return "token"
+	case EventFinal:
+		return "final"
+	}
+	return fmt.Sprintf("EventKind(%d)", int32(k))
+}
+
+// FinishReason says why a request finished (the C enum llmrt_reason).
+type FinishReason int32
+
+const (
+	// FinishNone: not finished (a token event).
+	FinishNone FinishReason = 0
+	// FinishStop: an end-of-sequence token, a stop token or a stop string.
+	FinishStop FinishReason = 1
+	// FinishLength: max_tokens or the model's context length reached.
+	FinishLength FinishReason = 2
+	// FinishAbort: aborted (context cancelled, Engine.Close).
+	FinishAbort FinishReason = 3
+	// FinishError: the request failed; Event.ErrorMessage says why.
+	FinishError FinishReason = 4
+)
+
+// String gives the OpenAI-style name: "", "stop", "length", "abort", "error".
+func (r FinishReason) String() string {
+	switch r {
+	case FinishNone:
+		return ""
+	case FinishStop:
+		return "stop"
+	case FinishLength:
+		return "length"
+	case FinishAbort:
+		return "abort"
+	case FinishError:
+		return "error"
+	}
+	return fmt.Sprintf("FinishReason(%d)", int32(r))
+}
+
+// Usage is the token counts of a finished request.
+type Usage struct {
+	PromptTokens       uint64
+	CompletionTokens   uint64
+	CachedPromptTokens uint64
+}
+
+// Logprob is the log-probability of one generated token, with the top alternatives when
+// the request asked for them.
+type Logprob struct {
+	TokenID uint32
+	Logprob float32
+	Rank    uint32 // 1 is the most likely
+	Top     []TopLogprob
+}
+
+// TopLogprob is one of the most likely alternatives at a position.
+type TopLogprob struct {
+	TokenID uint32
+	Logprob float32
+	Rank    uint32
+}
+
+// Event is one event of a request. Its data is owned by Go (copied out of the C event
+// batch); it stays valid forever.
+type Event struct {
+	RequestID uint64
+	Kind      EventKind
+	// TokenIDs are the tokens this event adds to the request's output.
+	TokenIDs []uint32
+	// Text is the text of TokenIDs: whole UTF-8 characters; the texts of a request's
+	// events concatenate to the decode of all its tokens. Empty when no text was asked.
+	Text string
+	// The fields below are set on the final event only.
+	FinishReason FinishReason
+	// StopTokenID is the token that stopped the request (FinishStop by an EOS or stop
+	// token); nil otherwise.
+	StopTokenID *uint32
+	Usage       *Usage
+	// ErrorMessage is why the request failed (FinishError).
+	ErrorMessage string
+	// Logprobs has one entry per token of TokenIDs when the request asked for logprobs.
+	Logprobs []Logprob
+}
+
+// Final reports whether this is the request's final event.
+func (e Event) Final() bool { return e.Kind == EventFinal }
+
+// Err returns an error wrapping ErrRequestFailed for a final event with FinishError,
+// else nil.
+func (e Event) Err() error {
+	if e.FinishReason != FinishError {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrRequestFailed, e.ErrorMessage)
+}
+
+// Result is a whole request's output (Engine.Generate, Collect).
+type Result struct {
+	RequestID    uint64
+	TokenIDs     []uint32
+	Text         string
+	FinishReason FinishReason
+	StopTokenID  *uint32
+	Usage        Usage
+	ErrorMessage string
+	Logprobs     []Logprob
+	// Events is how many events the request had.
+	Events int
+}
+
+// Collect reads a request's channel to its end and gathers its events into a Result.
+// It returns an error wrapping ErrRequestFailed when the request failed.
+func Collect(events <-chan Event) (*Result, error) {
+	res := &Result{}
+	var text strings.Builder
+	for ev := range events {
+		res.Events++
+		res.RequestID = ev.RequestID
+		res.TokenIDs = append(res.TokenIDs, ev.TokenIDs...)
+		text.WriteString(ev.Text)
+		res.Logprobs = append(res.Logprobs, ev.Logprobs...)
+		if ev.Final() {
+			res.FinishReason = ev.FinishReason
+			res.StopTokenID = ev.StopTokenID
+			if ev.Usage != nil {
+				res.Usage = *ev.Usage
+			}
+			res.ErrorMessage = ev.ErrorMessage
+		}
+	}
+	res.Text = text.String()
+	if res.FinishReason == FinishError {
+		return res, fmt.Errorf("%w: %s", ErrRequestFailed, res.ErrorMessage)
+	}
+	return res, nil
+}
+
+// streamBuffer is the capacity of a request's channel. It must be at least 1: a
+// forwarder in dropping mode makes room for the final event by taking stale events out
+// of its own channel.
+const streamBuffer = 16
+
+// stream is one request's route from the poller to its channel. The poller appends to
+// queue (it never blocks on a slow reader); the request's forwarder goroutine moves the
+// events to out, in order, and closes out after the final event.
+type stream struct {
+	mu     sync.Mutex
+	queue  []Event
+	notify chan struct{} // capacity 1: "queue is not empty"
+
+	out     chan Event
+	ctxDone <-chan struct{}
+	closed  <-chan struct{} // the engine's: closed when Close starts
+	// stopAbort unregisters the context's abort hook (set before the forwarder starts).
+	stopAbort func() bool
+}
+
+func newStream(ctx context.Context, closed <-chan struct{}) *stream {
+	return &stream{
+		notify:  make(chan struct{}, 1),
+		out:     make(chan Event, streamBuffer),
+		ctxDone: ctx.Done(),
+		closed:  closed,
+	}
+}
+
+// push queues events for the forwarder. Called by the poller; never blocks.
+func (s *stream) push(ev Event) {
+	s.mu.Lock()
+	s.queue = append(s.queue, ev)
+	s.mu.Unlock()
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (s *stream) take() []Event {
+	s.mu.Lock()
+	q := s.queue
+	s.queue = nil
+	s.mu.Unlock()
+	return q
+}
+
+// forward runs in the request's own goroutine until the final event is delivered.
+//
+// Normally every event is delivered, blocking until the reader takes it. Once the
+// request's context is done or the engine is closing, the forwarder switches to
+// dropping: token events not yet received are dropped (the reader asked to stop), and
+// the final event is put in the channel without waiting for a reader (making room by
+// discarding stale token events from the channel), so an abandoned channel never leaks
+// the goroutine. Either way the final event is the channel's last, then it is closed.
+func (s *stream) forward() {
+	defer close(s.out)
+	defer func() {
+		if s.stopAbort != nil {
+			s.stopAbort()
+		}
+	}()
+	dropping := false
+	for {
+		if dropping {
+			<-s.notify // the final event is on its way (abort or close)
+		} else {
+			select {
+			case <-s.notify:
+			case <-s.ctxDone:
+				dropping = true
+				continue
+			case <-s.closed:
+				dropping = true
+				continue
+			}
+		}
+		for _, ev := range s.take() {
+			if ev.Kind == EventFinal {
+				s.deliverFinal(ev, dropping)
+				return
+			}
+			if dropping {
+				continue
+			}
+			select {
+			case s.out <- ev:
+			case <-s.ctxDone:
+				dropping = true
+			case <-s.closed:
+				dropping = true
+			}
+		}
+	}
+}
+
+func (s *stream) deliverFinal(ev Event, dropping bool) {
+	if !dropping {
+		select {
+		case s.out <- ev:
+			return
+		case <-s.ctxDone:
+		case <-s.closed:
+		}
+	}
+	// This goroutine is the only sender: once it has taken stale events out, the send
+	// cannot block.
+	for {
+		select {
+		case s.out <- ev:
+			return
+		default:
+		}
+		select {
+		case <-s.out:
+		default:
+		}
+	}
+}

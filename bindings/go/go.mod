@@ -1,0 +1,3 @@
+module llmrt.dev/llmrt
+
+go 1.22
