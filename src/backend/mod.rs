@@ -73,6 +73,9 @@ pub trait Backend: Send + Sync {
     /// Activation memory.
     type Buf: Send;
 
+    /// Runs `f` (a whole forward pass) where the backend's ops are cheapest to call, e.g.
+    /// on its worker pool.
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R;
     /// A buffer of `len` f32 values.
     fn alloc(&self, len: usize) -> Self::Buf;
     /// `out[t] = table[ids[t]]`.

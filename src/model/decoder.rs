@@ -188,70 +188,94 @@ impl<B: Backend> Decoder<B> {
     /// Runs the batch, writing K/V into `kv` and `batch.logits_rows.len() x vocab` logits
     /// into `logits`. The caller guarantees the batch fits (`max_tokens`, positions, ids).
     pub fn forward(&mut self, batch: &ForwardBatch, kv: &mut KvCache, logits: &mut [f32]) {
-        let n = batch.num_tokens();
-        assert!(
-            n <= self.max_tokens,
-            "batch of {n} tokens exceeds the workspace"
+        // One hand-off to the backend's workers per step instead of one per op.
+        let backend = &self.backend;
+        let (weights, spec, rope, ws, max_tokens) = (
+            &self.weights,
+            &self.spec,
+            &self.rope,
+            &mut self.ws,
+            self.max_tokens,
         );
-        let (b, w, s) = (&self.backend, &self.weights, &self.spec);
-        let ws = &mut self.ws;
-        b.embed(&batch.token_ids, &w.embed, &mut ws.hidden);
-        let meta = AttnMeta {
-            query_start_loc: &batch.query_start_loc,
-            seq_lens: &batch.seq_lens,
-            block_tables: &batch.block_tables,
-            max_blocks_per_seq: batch.max_blocks_per_seq,
-            num_heads: s.num_heads,
-            num_kv_heads: s.num_kv_heads,
-            head_dim: s.head_dim,
-            scale: 1.0 / (s.head_dim as f32).sqrt(),
-            sliding_window: s.sliding_window,
-        };
-        for (l, layer) in w.layers.iter().enumerate() {
-            // The residual stream starts as the embeddings; afterwards each block's output
-            // (in `hidden`) is added to it while normalising.
-            if l == 0 {
-                std::mem::swap(&mut ws.residual, &mut ws.hidden);
-                b.rms_norm(
-                    &ws.residual,
-                    n,
-                    &layer.attn_norm,
-                    s.rms_norm_eps,
-                    &mut ws.normed,
-                );
-            } else {
-                b.add_rms_norm(
-                    &ws.hidden,
-                    &mut ws.residual,
-                    n,
-                    &layer.attn_norm,
-                    s.rms_norm_eps,
-                    &mut ws.normed,
-                );
-            }
-            attention_block(b, s, layer, n, batch, &meta, &self.rope, kv, l, ws);
+        backend.run(|| {
+            forward_pass(
+                backend, weights, spec, rope, ws, max_tokens, batch, kv, logits,
+            )
+        });
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_pass<B: Backend>(
+    backend: &B,
+    weights: &ModelWeights,
+    spec: &ArchSpec,
+    rope: &RopeTable,
+    ws: &mut Workspace<B::Buf>,
+    max_tokens: usize,
+    batch: &ForwardBatch,
+    kv: &mut KvCache,
+    logits: &mut [f32],
+) {
+    let n = batch.num_tokens();
+    assert!(n <= max_tokens, "batch of {n} tokens exceeds the workspace");
+    let (b, w, s) = (backend, weights, spec);
+    b.embed(&batch.token_ids, &w.embed, &mut ws.hidden);
+    let meta = AttnMeta {
+        query_start_loc: &batch.query_start_loc,
+        seq_lens: &batch.seq_lens,
+        block_tables: &batch.block_tables,
+        max_blocks_per_seq: batch.max_blocks_per_seq,
+        num_heads: s.num_heads,
+        num_kv_heads: s.num_kv_heads,
+        head_dim: s.head_dim,
+        scale: 1.0 / (s.head_dim as f32).sqrt(),
+        sliding_window: s.sliding_window,
+    };
+    for (l, layer) in w.layers.iter().enumerate() {
+        // The residual stream starts as the embeddings; afterwards each block's output
+        // (in `hidden`) is added to it while normalising.
+        if l == 0 {
+            std::mem::swap(&mut ws.residual, &mut ws.hidden);
+            b.rms_norm(
+                &ws.residual,
+                n,
+                &layer.attn_norm,
+                s.rms_norm_eps,
+                &mut ws.normed,
+            );
+        } else {
             b.add_rms_norm(
                 &ws.hidden,
                 &mut ws.residual,
                 n,
-                &layer.ffn_norm,
+                &layer.attn_norm,
                 s.rms_norm_eps,
                 &mut ws.normed,
             );
-            ffn_block(b, s, layer, n, ws);
         }
-        // Final residual add, then norm + head only for the rows that need logits.
-        b.add(&ws.hidden, &mut ws.residual, n * s.hidden_size);
-        b.logits(
-            &ws.residual,
-            &batch.logits_rows,
-            &w.norm,
+        attention_block(b, s, layer, n, batch, &meta, rope, kv, l, ws);
+        b.add_rms_norm(
+            &ws.hidden,
+            &mut ws.residual,
+            n,
+            &layer.ffn_norm,
             s.rms_norm_eps,
-            &w.lm_head,
-            &mut ws.logits_in,
-            logits,
+            &mut ws.normed,
         );
+        ffn_block(b, s, layer, n, ws);
     }
+    // Final residual add, then norm + head only for the rows that need logits.
+    b.add(&ws.hidden, &mut ws.residual, n * s.hidden_size);
+    b.logits(
+        &ws.residual,
+        &batch.logits_rows,
+        &w.norm,
+        s.rms_norm_eps,
+        &w.lm_head,
+        &mut ws.logits_in,
+        logits,
+    );
 }
 
 #[allow(clippy::too_many_arguments)]

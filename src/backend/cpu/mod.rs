@@ -102,6 +102,10 @@ impl Drop for CpuBackend {
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
 
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
     fn alloc(&self, len: usize) -> Vec<f32> {
         vec![0.0; len]
     }
