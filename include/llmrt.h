@@ -388,8 +388,13 @@ llmrt_error *llmrt_engine_stop(llmrt_engine *engine);
  * `priority` scheduling policy), `"cache_salt"` (string; isolates the request's
  * prefix-cache blocks from other tenants'); and vLLM's sampling fields at the top level:
  * `max_tokens` (default 16), `temperature` (default 1; 0 is greedy), `top_p`, `top_k`,
- * `seed`, `min_tokens`, `ignore_eos`, `stop_token_ids`, `skip_special_tokens`,
- * `detokenize`. Not retained after the call.
+ * `min_p`, `seed`, `presence_penalty`, `frequency_penalty`, `repetition_penalty`,
+ * `logit_bias` (`{"token id": bias}`), `allowed_token_ids`, `bad_words`, `min_tokens`,
+ * `ignore_eos`, `stop` (strings: the text ends before them, or after them with
+ * `include_stop_str_in_output`; the final event's reason is then `LLMRT_FINISH_STOP`
+ * with no stop token), `stop_token_ids`, `skip_special_tokens`,
+ * `spaces_between_special_tokens` (accepted, no effect), `detokenize`. Not retained
+ * after the call.
  * `user_tag`: any value; every event of the request carries it back.
  * `request_id`: receives the request's id on success (ids are unique per engine).
  *

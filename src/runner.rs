@@ -9,6 +9,7 @@ use crate::kv::KvCache;
 use crate::model::arch::ArchSpec;
 use crate::model::decoder::{Decoder, ForwardBatch};
 use crate::model::ModelWeights;
+use crate::sample::processors::{LogitsProcessors, SeqHistory};
 use crate::sample::sampler::RequestRng;
 use crate::sample::Sampler;
 use crate::sched::output::SampledTokens;
@@ -36,7 +37,10 @@ pub struct ModelRunner {
     block_size: usize,
     batch: ForwardBatch,
     sampler: Sampler,
-    rngs: HashMap<RequestId, RequestRng>,
+    processors: LogitsProcessors,
+    /// Per-request sampling state, created on the first sample and dropped when the
+    /// scheduler reports the request finished.
+    seqs: HashMap<RequestId, SeqState>,
     /// Tokens that end a multi-step run early (EOS and stop tokens are re-checked by the scheduler).
     eos_token_ids: Vec<u32>,
     seed: u64,
@@ -87,7 +91,8 @@ impl ModelRunner {
             block_size: cfg.block_size,
             batch: ForwardBatch::new(cfg.max_model_len.div_ceil(cfg.block_size)),
             sampler: Sampler::default(),
-            rngs: HashMap::new(),
+            processors: LogitsProcessors::default(),
+            seqs: HashMap::new(),
             eos_token_ids,
             seed: cfg.seed,
         }
@@ -115,7 +120,7 @@ impl ModelRunner {
     /// Runs the scheduled step (all `num_steps` of it) and samples.
     pub fn execute(&mut self, sched: &SchedulerOutput) -> ModelRunnerOutput {
         for id in &sched.finished_req_ids {
-            self.rngs.remove(id);
+            self.seqs.remove(id);
         }
         if !sched.blocks_to_copy.is_empty() {
             self.decoder
@@ -181,11 +186,22 @@ impl ModelRunner {
                         .params
                         .seed
                         .unwrap_or(self.seed ^ s.request_id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                    let rng = self
-                        .rngs
-                        .entry(s.request_id)
-                        .or_insert_with(|| RequestRng::new(seed));
-                    o.token_ids.push(self.sampler.sample(r, &s.params, rng));
+                    let seq = self.seqs.entry(s.request_id).or_insert_with(|| SeqState {
+                        rng: RequestRng::new(seed),
+                        hist: SeqHistory::new(
+                            &s.params,
+                            s.penalty_prompt_token_ids.as_deref().unwrap_or(&[]),
+                        ),
+                    });
+                    let tok = sample_one(
+                        &mut self.sampler,
+                        &mut self.processors,
+                        &self.eos_token_ids,
+                        seq,
+                        r,
+                        &s.params,
+                    );
+                    o.token_ids.push(tok);
                 }
             }
         }
@@ -228,14 +244,42 @@ impl ModelRunner {
         for (row, &idx) in active.iter().enumerate() {
             let s = &sched.scheduled[idx];
             let r = &mut self.logits[row * vocab..(row + 1) * vocab];
-            let rng = self
-                .rngs
+            let seq = self
+                .seqs
                 .get_mut(&s.request_id)
                 .expect("sampled in the first step");
-            let tok = self.sampler.sample(r, &s.params, rng);
+            let tok = sample_one(
+                &mut self.sampler,
+                &mut self.processors,
+                &self.eos_token_ids,
+                seq,
+                r,
+                &s.params,
+            );
             out.outputs[idx].token_ids.push(tok);
         }
         self.batch = batch;
         true
     }
+}
+
+/// One request's sampling state in the runner.
+struct SeqState {
+    rng: RequestRng,
+    hist: SeqHistory,
+}
+
+/// Applies the processors and penalties to one row, draws, records the token.
+fn sample_one(
+    sampler: &mut Sampler,
+    processors: &mut LogitsProcessors,
+    eos_token_ids: &[u32],
+    seq: &mut SeqState,
+    row: &mut [f32],
+    params: &crate::sample::SamplingParams,
+) -> u32 {
+    processors.apply(row, params, &seq.hist, eos_token_ids);
+    let tok = sampler.sample(row, params, &mut seq.rng);
+    seq.hist.push(tok);
+    tok
 }

@@ -285,6 +285,12 @@ fn capabilities_json() -> String {
         "chat_templates",
         "stop_token_ids",
         "seeded_sampling",
+        "stop_strings",
+        "penalties",
+        "logit_bias",
+        "allowed_token_ids",
+        "bad_words",
+        "min_p",
     ];
     if cfg!(target_os = "linux") {
         features.push("event_fd");

@@ -40,6 +40,7 @@ impl Limits {
     /// Checks a request against the model and the cache; the error names the problem.
     pub fn validate(&self, r: &CoreRequest) -> Result<()> {
         r.params.validate()?;
+        r.params.validate_token_ids(self.vocab_size)?;
         let n = r.prompt_token_ids.len();
         if n == 0 {
             return Err(Error::InvalidRequest("the prompt is empty".into()));

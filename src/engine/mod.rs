@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 enum Command {
-    Add(RequestId, CoreRequest, Instant),
+    Add(RequestId, Box<CoreRequest>, Instant),
     Finish(RequestId, FinishReason),
     Shutdown,
 }
@@ -95,9 +95,10 @@ impl Engine {
         let (out_tx, out_rx) = channel();
         let processor = OutputProcessor::new(info.tokenizer.clone());
         let sh = shared.clone();
+        let finish_tx = cmd_tx.clone();
         let output_thread = std::thread::Builder::new()
             .name("llmrt-output".into())
-            .spawn(move || output_loop(processor, out_rx, sh))
+            .spawn(move || output_loop(processor, out_rx, finish_tx, sh))
             .map_err(|e| Error::InvalidRequest(format!("cannot start the output thread: {e}")))?;
         let sh = shared.clone();
         let engine_thread = std::thread::Builder::new()
@@ -127,18 +128,19 @@ impl Engine {
         &self.limits
     }
 
-    /// Validates and queues a request; returns its id at once. The request's events are
-    /// delivered through `poll`.
-    pub fn add_request(&self, req: CoreRequest) -> Result<RequestId> {
+    /// Validates and queues a request (tokenizing its `bad_words`); returns its id at
+    /// once. The request's events are delivered through `poll`.
+    pub fn add_request(&self, mut req: CoreRequest) -> Result<RequestId> {
         if let Some(msg) = self.shared.failure.lock().clone() {
             return Err(Error::EngineFailed(msg));
         }
         if self.shared.shutdown.load(Ordering::Acquire) {
             return Err(Error::EngineFailed("the engine is shut down".into()));
         }
+        req.params.update_from_tokenizer(&self.info.tokenizer)?;
         self.limits.validate(&req)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.send(Command::Add(id, req, Instant::now()))?;
+        self.send(Command::Add(id, Box::new(req), Instant::now()))?;
         Ok(id)
     }
 
@@ -259,13 +261,16 @@ fn engine_loop(
                         Arc::new(req.params.clone()),
                         arrival,
                     ));
-                    if let Err(e) = core.add_request(id, req) {
+                    if let Err(e) = core.add_request(id, *req) {
                         let _ = out.send(OutMsg::RequestFailed(id, e.to_string()));
                     }
                 }
                 Command::Finish(id, reason) => {
                     if let Some(o) = core.finish_request(id, reason) {
-                        let _ = out.send(OutMsg::Outputs(vec![o]));
+                        // A stop string: the output thread has emitted the final event.
+                        if reason != FinishReason::Stop {
+                            let _ = out.send(OutMsg::Outputs(vec![o]));
+                        }
                     }
                 }
                 Command::Shutdown => {
@@ -306,7 +311,12 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-fn output_loop(mut processor: OutputProcessor, messages: Receiver<OutMsg>, shared: Arc<Shared>) {
+fn output_loop(
+    mut processor: OutputProcessor,
+    messages: Receiver<OutMsg>,
+    commands: Sender<Command>,
+    shared: Arc<Shared>,
+) {
     for msg in messages {
         match msg {
             OutMsg::Register(id, prompt, params, arrival) => {
@@ -319,6 +329,11 @@ fn output_loop(mut processor: OutputProcessor, messages: Receiver<OutMsg>, share
                     for o in outputs {
                         events.extend(processor.process(o, &mut m));
                     }
+                }
+                // Stop strings found: the engine finishes those requests (and emits
+                // nothing more for them).
+                for id in processor.take_stopped() {
+                    let _ = commands.send(Command::Finish(id, FinishReason::Stop));
                 }
                 shared.push_events(events);
             }

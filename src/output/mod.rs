@@ -2,6 +2,7 @@
 
 pub mod detokenizer;
 pub mod processor;
+pub mod stop;
 
 pub use detokenizer::IncrementalDetokenizer;
 pub use processor::{Event, OutputProcessor, Usage};

@@ -1,8 +1,11 @@
 //! The output stage: turns engine-core outputs into user events (token ids, text delta,
 //! finish, usage) and keeps latency metrics. Runs on its own thread, so detokenising
-//! step N overlaps the forward pass of step N+1.
+//! step N overlaps the forward pass of step N+1. Stop strings are found here: the request's
+//! final event is emitted at once and the engine is told to finish it (`take_stopped`);
+//! whatever the engine produced for it after that is discarded.
 
 use super::detokenizer::IncrementalDetokenizer;
+use super::stop::StopChecker;
 use crate::metrics::Metrics;
 use crate::model::Tokenizer;
 use crate::sample::SamplingParams;
@@ -29,6 +32,8 @@ pub struct Event {
     pub finish_reason: Option<FinishReason>,
     /// The stop token that ended the request, if one did.
     pub stop_token_id: Option<u32>,
+    /// The stop string (of `SamplingParams::stop`) that ended the request, if one did.
+    pub stop_string: Option<String>,
     pub usage: Option<Usage>,
     /// Set when the request failed (`finish_reason` is `Error`).
     pub error: Option<String>,
@@ -42,6 +47,7 @@ impl Event {
 
 struct RequestState {
     detok: Option<IncrementalDetokenizer>,
+    stop: Option<StopChecker>,
     num_prompt_tokens: usize,
     num_output_tokens: usize,
     arrival: Instant,
@@ -51,6 +57,8 @@ struct RequestState {
 pub struct OutputProcessor {
     tokenizer: Tokenizer,
     requests: HashMap<RequestId, RequestState>,
+    /// Requests ended by a stop string that the engine may still be running.
+    stopped: Vec<RequestId>,
 }
 
 impl OutputProcessor {
@@ -58,7 +66,14 @@ impl OutputProcessor {
         OutputProcessor {
             tokenizer,
             requests: HashMap::new(),
+            stopped: Vec::new(),
         }
+    }
+
+    /// Requests that a stop string ended since the last call, which the engine must now
+    /// finish (their final event has been emitted; later outputs for them are dropped).
+    pub fn take_stopped(&mut self) -> Vec<RequestId> {
+        std::mem::take(&mut self.stopped)
     }
 
     pub fn register(
@@ -71,10 +86,15 @@ impl OutputProcessor {
         let detok = params
             .detokenize
             .then(|| IncrementalDetokenizer::new(prompt, params.skip_special_tokens));
+        let stop = params
+            .detokenize
+            .then(|| StopChecker::new(&params.stop, params.include_stop_str_in_output))
+            .flatten();
         self.requests.insert(
             id,
             RequestState {
                 detok,
+                stop,
                 num_prompt_tokens: prompt.len(),
                 num_output_tokens: 0,
                 arrival,
@@ -87,15 +107,48 @@ impl OutputProcessor {
         self.requests.len()
     }
 
-    /// Builds the event for one core output; None for an unknown request or an empty update.
-    pub fn process(&mut self, o: EngineCoreOutput, metrics: &mut Metrics) -> Option<Event> {
+    /// Builds the event for one core output; None for an unknown (or already ended)
+    /// request or an empty update.
+    pub fn process(&mut self, mut o: EngineCoreOutput, metrics: &mut Metrics) -> Option<Event> {
         let st = self.requests.get_mut(&o.request_id)?;
         let now = Instant::now();
         let mut text = String::new();
-        for &t in &o.new_token_ids {
-            if let Some(d) = &mut st.detok {
-                text.push_str(&d.push(&self.tokenizer, t));
+        let mut stop_string = None;
+        for (k, &t) in o.new_token_ids.iter().enumerate() {
+            let Some(d) = &mut st.detok else { break };
+            let delta = d.push(&self.tokenizer, t);
+            match &mut st.stop {
+                None => text.push_str(&delta),
+                Some(stop) => {
+                    if let Some(i) = stop.push(&delta, &mut text) {
+                        stop_string = Some(stop.stop_str(i).to_string());
+                        // Tokens after the one that completed the stop string are dropped.
+                        o.new_token_ids.truncate(k + 1);
+                        break;
+                    }
+                }
             }
+        }
+        if stop_string.is_none() && o.finish_reason.is_some() {
+            if let Some(d) = &mut st.detok {
+                let rest = d.flush(&self.tokenizer);
+                match &mut st.stop {
+                    None => text.push_str(&rest),
+                    Some(stop) => match stop.push(&rest, &mut text) {
+                        Some(i) => stop_string = Some(stop.stop_str(i).to_string()),
+                        None => stop.flush(&mut text),
+                    },
+                }
+            }
+        }
+        if stop_string.is_some() {
+            if o.finish_reason.is_none() {
+                self.stopped.push(o.request_id);
+            }
+            o.finish_reason = Some(FinishReason::Stop);
+            o.stop_token_id = None;
+        }
+        for _ in &o.new_token_ids {
             match st.last_token {
                 None => metrics
                     .time_to_first_token_seconds
@@ -105,11 +158,6 @@ impl OutputProcessor {
                     .observe((now - prev).as_secs_f64() / o.new_token_ids.len() as f64),
             }
             st.last_token = Some(now);
-        }
-        if o.finish_reason.is_some() {
-            if let Some(d) = &mut st.detok {
-                text.push_str(&d.flush(&self.tokenizer));
-            }
         }
         st.num_output_tokens += o.new_token_ids.len();
         metrics.generation_tokens += o.new_token_ids.len() as u64;
@@ -138,6 +186,7 @@ impl OutputProcessor {
             text,
             finish_reason: o.finish_reason,
             stop_token_id: o.stop_token_id,
+            stop_string,
             usage,
             error: None,
         })
@@ -161,6 +210,7 @@ impl OutputProcessor {
             text: String::new(),
             finish_reason: Some(FinishReason::Error),
             stop_token_id: None,
+            stop_string: None,
             usage: Some(Usage {
                 prompt_tokens: st.num_prompt_tokens,
                 completion_tokens: st.num_output_tokens,

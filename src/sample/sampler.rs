@@ -1,4 +1,5 @@
-//! Greedy and random sampling (temperature, top-k, top-p) with a per-request generator.
+//! Greedy and random sampling (temperature, min-p, top-k, top-p) with a per-request
+//! generator. The logits processors and penalties (`super::processors`) come before.
 
 use super::SamplingParams;
 use rand::{Rng, SeedableRng};
@@ -32,7 +33,8 @@ pub fn argmax(logits: &[f32]) -> u32 {
 }
 
 impl Sampler {
-    /// Draws the next token from one row of logits. The row may be modified.
+    /// Draws the next token from one row of logits (processors and penalties already
+    /// applied). The row may be modified.
     pub fn sample(
         &mut self,
         logits: &mut [f32],
@@ -42,16 +44,31 @@ impl Sampler {
         if params.is_greedy() {
             return argmax(logits);
         }
-        let inv_t = 1.0 / params.temperature;
-        logits.iter_mut().for_each(|l| *l *= inv_t);
-        // Candidates sorted by logit, descending.
-        self.order.clear();
-        self.order.extend(0..logits.len() as u32);
         let k = if params.top_k > 0 {
-            (params.top_k as usize).min(logits.len())
+            params.top_k as usize
         } else {
             logits.len()
         };
+        let inv_t = 1.0 / params.temperature;
+        logits.iter_mut().for_each(|l| *l *= inv_t);
+        // min_p: p_i < min_p * p_max  <=>  l_i < l_max + ln(min_p).
+        let floor = if params.min_p > 0.0 {
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            max + params.min_p.ln()
+        } else {
+            f32::NEG_INFINITY
+        };
+        // Candidates sorted by logit, descending; masked (-inf) tokens are never drawn.
+        self.order.clear();
+        self.order
+            .extend((0..logits.len() as u32).filter(|&i| {
+                logits[i as usize] > f32::NEG_INFINITY && logits[i as usize] >= floor
+            }));
+        if self.order.is_empty() {
+            // Everything masked: nothing sensible to draw; take the argmax as greedy would.
+            return argmax(logits);
+        }
+        let k = k.min(self.order.len());
         let by_logit = |a: &u32, b: &u32| {
             logits[*b as usize]
                 .total_cmp(&logits[*a as usize])
@@ -154,5 +171,44 @@ mod tests {
             .count();
         let frac = ones as f64 / 4000.0;
         assert!((frac - 0.75).abs() < 0.03, "fraction {frac}");
+    }
+
+    #[test]
+    fn min_p_drops_tokens_below_its_share_of_the_top() {
+        // p = [0.5, 0.3, 0.15, 0.05]; min_p 0.25 keeps p >= 0.125: the first three, with
+        // probabilities renormalised to [0.5, 0.3, 0.15] / 0.95.
+        let logits = [0.5f32.ln(), 0.3f32.ln(), 0.15f32.ln(), 0.05f32.ln()];
+        let params = SamplingParams {
+            temperature: 1.0,
+            min_p: 0.25,
+            ..Default::default()
+        };
+        let mut s = Sampler::default();
+        let mut rng = RequestRng::new(11);
+        let mut counts = [0usize; 4];
+        let n = 6000;
+        for _ in 0..n {
+            counts[s.sample(&mut logits.clone(), &params, &mut rng) as usize] += 1;
+        }
+        assert_eq!(counts[3], 0);
+        for (i, p) in [0.5, 0.3, 0.15].iter().enumerate() {
+            let f = counts[i] as f64 / n as f64;
+            assert!((f - p / 0.95).abs() < 0.03, "token {i}: {f}");
+        }
+    }
+
+    #[test]
+    fn masked_tokens_are_never_drawn() {
+        let params = SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        };
+        let mut s = Sampler::default();
+        let mut rng = RequestRng::new(5);
+        for _ in 0..500 {
+            let mut l = vec![f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY, -30.0];
+            let t = s.sample(&mut l, &params, &mut rng);
+            assert!(t == 1 || t == 3, "drew {t}");
+        }
     }
 }

@@ -21,6 +21,8 @@ pub struct ScheduledRequest {
     pub num_prompt_tokens: usize,
     pub params: Arc<SamplingParams>,
     pub return_prompt_logits: bool,
+    /// The prompt, when the repetition penalty needs it (shared, not copied per step).
+    pub penalty_prompt_token_ids: Option<Arc<[u32]>>,
 }
 
 #[derive(Clone, Debug, Default)]

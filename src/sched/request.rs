@@ -61,6 +61,8 @@ pub struct Request {
     pub num_preemptions: u32,
     /// Return the logits of every prompt position (computed even past prefix-cache hits).
     pub return_prompt_logits: bool,
+    /// The prompt, kept for the runner when the repetition penalty needs it.
+    pub penalty_prompt_token_ids: Option<Arc<[u32]>>,
 }
 
 impl Request {
@@ -74,6 +76,8 @@ impl Request {
         extra_keys: ExtraKeys,
         return_prompt_logits: bool,
     ) -> Self {
+        let penalty_prompt_token_ids =
+            (params.repetition_penalty != 1.0).then(|| Arc::from(prompt_token_ids.as_slice()));
         Request {
             request_id,
             num_prompt_tokens: prompt_token_ids.len(),
@@ -89,6 +93,7 @@ impl Request {
             extra_keys,
             num_preemptions: 0,
             return_prompt_logits,
+            penalty_prompt_token_ids,
         }
     }
 

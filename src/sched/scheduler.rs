@@ -320,6 +320,7 @@ impl Scheduler {
             num_prompt_tokens: req.num_prompt_tokens,
             params: req.params.clone(),
             return_prompt_logits: req.return_prompt_logits,
+            penalty_prompt_token_ids: req.penalty_prompt_token_ids.clone(),
         });
         out.total_num_scheduled_tokens += n;
     }

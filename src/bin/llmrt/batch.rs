@@ -207,6 +207,12 @@ fn result_json(id: Value, prompt: &[u32], events: &[Event]) -> Value {
         "token_ids": token_ids,
         "text": text,
         "finish_reason": last.finish_reason.map(|r| r.as_str()),
+        // As vLLM: the stop string, or the stop token id, that ended the request.
+        "stop_reason": match (&last.stop_string, last.stop_token_id) {
+            (Some(s), _) => json!(s),
+            (None, Some(t)) => json!(t),
+            (None, None) => Value::Null,
+        },
         "usage": {
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
