@@ -4,9 +4,9 @@ dequantized by the reference implementation, gguf-py's `gguf.quants.dequantize`.
 
 Regenerate (from the repository root):
 
-    python3 -m venv /tmp/llmrt-quant-venv
-    /tmp/llmrt-quant-venv/bin/pip install gguf==0.19.0 numpy
-    /tmp/llmrt-quant-venv/bin/python scripts/gen_quant_vectors.py
+    python3 -m venv .venv
+    .venv/bin/pip install gguf==0.19.0 numpy
+    .venv/bin/python scripts/gen_quant_vectors.py
 
 The payload bytes of every block are random (fixed seeds, numpy PCG64); the f16 scale
 fields are overwritten with random finite halves of moderate size (some negative, one
