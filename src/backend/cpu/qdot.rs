@@ -75,18 +75,21 @@ fn kernels_for(isa: Isa) -> Kernels {
 
 fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
-    K.get_or_init(|| {
-        let cap = match std::env::var("LLMRT_ISA").ok().as_deref() {
-            Some("scalar") => Isa::Scalar,
-            Some("avx2") => Isa::Avx2,
-            _ => Isa::Avx512,
-        };
-        let isa = [Isa::Avx512, Isa::Avx2]
-            .into_iter()
-            .find(|&i| i <= cap && available(i))
-            .unwrap_or(Isa::Scalar);
-        kernels_for(isa)
-    })
+    K.get_or_init(|| kernels_for(best_isa(available)))
+}
+
+/// The best kernel level that `available` allows, capped by `LLMRT_ISA`
+/// (`scalar`, `avx2`; anything else: no cap).
+pub fn best_isa(available: impl Fn(Isa) -> bool) -> Isa {
+    let cap = match std::env::var("LLMRT_ISA").ok().as_deref() {
+        Some("scalar") => Isa::Scalar,
+        Some("avx2") => Isa::Avx2,
+        _ => Isa::Avx512,
+    };
+    [Isa::Avx512, Isa::Avx2]
+        .into_iter()
+        .find(|&i| i <= cap && available(i))
+        .unwrap_or(Isa::Scalar)
 }
 
 /// The kernel level this process uses.

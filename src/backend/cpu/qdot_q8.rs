@@ -421,18 +421,7 @@ fn kernels_for(isa: Isa) -> Kernels {
 
 fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
-    K.get_or_init(|| {
-        let cap = match std::env::var("LLMRT_ISA").ok().as_deref() {
-            Some("scalar") => Isa::Scalar,
-            Some("avx2") => Isa::Avx2,
-            _ => Isa::Avx512,
-        };
-        let isa = [Isa::Avx512, Isa::Avx2]
-            .into_iter()
-            .find(|&i| i <= cap && available(i))
-            .unwrap_or(Isa::Scalar);
-        kernels_for(isa)
-    })
+    K.get_or_init(|| kernels_for(super::qdot::best_isa(available)))
 }
 
 /// The kernel level this process uses for integer dots.
