@@ -164,7 +164,8 @@ enum llmrt_kind
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
   /**
-   * New tokens (and their text) of a running request.
+   * New tokens (and their text) of a running request; with n > 1, also the end of
+   * one sequence that is not the request's last (its finish reason is set).
    */
   LLMRT_EVENT_TOKEN = 0,
   /**
@@ -673,7 +674,8 @@ const uint32_t *llmrt_event_token_ids(const llmrt_events *events, size_t index, 
 const char *llmrt_event_text(const llmrt_events *events, size_t index, size_t *len);
 
 /**
- * Why the request finished: `LLMRT_FINISH_NONE` for a token event (and if out of range).
+ * Why the event's sequence finished: `LLMRT_FINISH_NONE` while it runs (and if out of
+ * range). With one sequence per request this is set exactly on the final event.
  *
  * Thread-safety: any thread, on a batch not being freed. Never fails.
  */
@@ -711,9 +713,34 @@ bool llmrt_event_usage(const llmrt_events *events,
 const char *llmrt_event_error_message(const llmrt_events *events, size_t index);
 
 /**
+ * Which sequence of its request the event belongs to: 0 unless the request asked for
+ * n > 1, best_of or beam search (then 0..n; best_of and beam search number the returned
+ * sequences best first). 0 if out of range.
+ *
+ * Thread-safety: any thread, on a batch not being freed. Never fails.
+ */
+uint32_t llmrt_event_index(const llmrt_events *events, size_t index);
+
+/**
+ * For an event whose sequence a stop string ended: that string, NUL-terminated UTF-8
+ * owned by the batch. NULL otherwise.
+ *
+ * Thread-safety: any thread, on a batch not being freed. Never fails.
+ */
+const char *llmrt_event_stop_string(const llmrt_events *events, size_t index);
+
+/**
+ * The sum of the logprobs of the sequence's tokens so far, when they are computed (the
+ * request asked for logprobs, best_of > n or beam search): writes it to `value` (may be
+ * NULL) and returns true. Otherwise returns false and writes nothing.
+ *
+ * Thread-safety: any thread, on a batch not being freed. Never fails.
+ */
+bool llmrt_event_cumulative_logprob(const llmrt_events *events, size_t index, double *value);
+
+/**
  * The number of this event's tokens that carry logprobs: the number of token ids when
- * the request asked for logprobs, else 0. This build computes no logprobs yet, so it
- * returns 0; the accessors below are the stable interface they will come through.
+ * the request asked for `logprobs`, else 0.
  *
  * Thread-safety: any thread, on a batch not being freed. Never fails.
  */
@@ -721,9 +748,9 @@ size_t llmrt_event_logprobs_count(const llmrt_events *events, size_t index);
 
 /**
  * The logprob of the token at `position` (in `0..llmrt_event_logprobs_count`) of this
- * event: writes the token id, its log-probability and its rank in the distribution
- * (1 = most likely) to the out-parameters that are not NULL and returns true; returns
- * false and writes nothing when there is no such entry (always, in this build).
+ * event: writes the token id, its log-probability (of the distribution `logprobs_mode`
+ * names) and its rank (1 = most likely) to the out-parameters that are not NULL and
+ * returns true; returns false and writes nothing when there is no such entry.
  *
  * Thread-safety: any thread, on a batch not being freed. Never fails.
  */
@@ -736,7 +763,7 @@ bool llmrt_event_logprob(const llmrt_events *events,
 
 /**
  * The number of top alternatives (vLLM's `logprobs: k`) recorded at `position` of this
- * event; 0 when none (always, in this build).
+ * event; 0 when none.
  *
  * Thread-safety: any thread, on a batch not being freed. Never fails.
  */
@@ -746,7 +773,7 @@ size_t llmrt_event_top_logprobs_count(const llmrt_events *events, size_t index, 
  * The `k`-th most likely alternative (k in `0..llmrt_event_top_logprobs_count`) at
  * `position` of this event: writes its token id, log-probability and rank to the
  * out-parameters that are not NULL and returns true; returns false and writes nothing
- * when there is no such entry (always, in this build).
+ * when there is no such entry.
  *
  * Thread-safety: any thread, on a batch not being freed. Never fails.
  */
@@ -757,6 +784,52 @@ bool llmrt_event_top_logprob(const llmrt_events *events,
                              uint32_t *token_id,
                              float *logprob,
                              uint32_t *rank);
+
+/**
+ * The number of prompt-logprob entries on this event: with `prompt_logprobs`, the
+ * request's first event carries one per prompt token after the first; 0 otherwise.
+ *
+ * Thread-safety: any thread, on a batch not being freed. Never fails.
+ */
+size_t llmrt_event_prompt_logprobs_count(const llmrt_events *events, size_t index);
+
+/**
+ * Prompt token `position + 1`: writes its id, its log-probability given the tokens
+ * before it, and its rank to the out-parameters that are not NULL and returns true;
+ * false (nothing written) when there is no such entry.
+ *
+ * Thread-safety: any thread, on a batch not being freed. Never fails.
+ */
+bool llmrt_event_prompt_logprob(const llmrt_events *events,
+                                size_t index,
+                                size_t position,
+                                uint32_t *token_id,
+                                float *logprob,
+                                uint32_t *rank);
+
+/**
+ * The number of top alternatives recorded for prompt entry `position`; 0 when none.
+ *
+ * Thread-safety: any thread, on a batch not being freed. Never fails.
+ */
+size_t llmrt_event_prompt_top_logprobs_count(const llmrt_events *events,
+                                             size_t index,
+                                             size_t position);
+
+/**
+ * The `k`-th most likely token at prompt entry `position`: writes its id,
+ * log-probability and rank to the out-parameters that are not NULL and returns true;
+ * false (nothing written) when there is no such entry.
+ *
+ * Thread-safety: any thread, on a batch not being freed. Never fails.
+ */
+bool llmrt_event_prompt_top_logprob(const llmrt_events *events,
+                                    size_t index,
+                                    size_t position,
+                                    size_t k,
+                                    uint32_t *token_id,
+                                    float *logprob,
+                                    uint32_t *rank);
 
 /**
  * Frees a batch and everything its accessors returned. NULL is a no-op. Using the batch

@@ -23,9 +23,9 @@ pub mod output;
 
 pub use config::EngineConfig;
 pub use engine::{CoreRequest, Engine};
-pub use llm::{GenerateRequest, Llm, RequestOutput};
+pub use llm::{CompletionOutput, GenerateRequest, Llm, RequestOutput};
 pub use output::{Event, Usage};
-pub use sample::SamplingParams;
+pub use sample::{LogprobsMode, SamplingParams};
 pub use sched::FinishReason;
 
 /// Where the default model (SmolLM2-135M-Instruct Q4_1) is cached by

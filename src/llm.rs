@@ -4,20 +4,14 @@
 use crate::config::{EngineConfig, ModelConfig};
 use crate::engine::{CoreRequest, EngineCore};
 use crate::error::Result;
+use crate::metrics::Metrics;
 use crate::model::{Model, Tokenizer};
-use crate::output::stop::StopChecker;
-use crate::output::IncrementalDetokenizer;
-use crate::sample::SamplingParams;
+use crate::output::{Event, OutputProcessor};
+use crate::sample::{SamplingParams, TokenLogprobs};
 use crate::sched::{FinishReason, SchedulerStats};
 use std::path::Path;
-
-/// A request's text so far, for its stop strings.
-struct StopState {
-    detok: IncrementalDetokenizer,
-    checker: StopChecker,
-    text: String,
-    stopped: bool,
-}
+use std::sync::Arc;
+use std::time::Instant;
 
 #[derive(Clone, Debug)]
 pub struct GenerateRequest {
@@ -27,19 +21,81 @@ pub struct GenerateRequest {
     pub return_prompt_logits: bool,
 }
 
+/// One generated sequence (vLLM's `CompletionOutput`).
 #[derive(Clone, Debug)]
-pub struct RequestOutput {
-    pub prompt_token_ids: Vec<u32>,
+pub struct CompletionOutput {
+    /// Which sequence (0..n); best_of and beam search number the returned ones best first.
+    pub index: u32,
     pub token_ids: Vec<u32>,
     pub text: String,
     pub finish_reason: FinishReason,
-    /// The stop string (of `SamplingParams::stop`) that ended the output, if one did; the
-    /// text is cut at it (or after it with `include_stop_str_in_output`).
+    /// The stop string that ended the output, if one did; the text is cut at it (or after
+    /// it with `include_stop_str_in_output`).
     pub stop_string: Option<String>,
+    /// The stop token that ended it, if one did.
+    pub stop_token_id: Option<u32>,
+    /// When computed (logprobs, best_of, beam search).
+    pub cumulative_logprob: Option<f64>,
+    /// One per token, when `logprobs` was asked.
+    pub logprobs: Vec<TokenLogprobs>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RequestOutput {
+    pub prompt_token_ids: Vec<u32>,
+    /// The first sequence's tokens, text, finish reason and stop string (`outputs[0]`).
+    pub token_ids: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub stop_string: Option<String>,
+    /// Every returned sequence, by index.
+    pub outputs: Vec<CompletionOutput>,
+    /// With `prompt_logprobs`: one per prompt token after the first.
+    pub prompt_logprobs: Vec<TokenLogprobs>,
     /// Prompt tokens served from the prefix cache.
     pub num_cached_tokens: usize,
     /// `prompt_len x vocab` logits when asked: row t is the distribution after `prompt[..=t]`.
     pub prompt_logits: Option<Vec<f32>>,
+}
+
+impl RequestOutput {
+    fn apply(&mut self, e: Event) {
+        let i = e.index as usize;
+        while self.outputs.len() <= i {
+            self.outputs.push(CompletionOutput {
+                index: self.outputs.len() as u32,
+                token_ids: vec![],
+                text: String::new(),
+                finish_reason: FinishReason::Length,
+                stop_string: None,
+                stop_token_id: None,
+                cumulative_logprob: None,
+                logprobs: vec![],
+            });
+        }
+        let o = &mut self.outputs[i];
+        o.token_ids.extend(e.token_ids);
+        o.text.push_str(&e.text);
+        o.logprobs.extend(e.logprobs);
+        if e.cumulative_logprob.is_some() {
+            o.cumulative_logprob = e.cumulative_logprob;
+        }
+        if let Some(r) = e.finish_reason {
+            o.finish_reason = r;
+            o.stop_string = e.stop_string;
+            o.stop_token_id = e.stop_token_id;
+        }
+        self.prompt_logprobs.extend(e.prompt_logprobs);
+        if let Some(u) = e.usage {
+            self.num_cached_tokens = u.cached_prompt_tokens;
+        }
+        if i == 0 {
+            self.token_ids.clone_from(&o.token_ids);
+            self.text.clone_from(&o.text);
+            self.finish_reason = o.finish_reason;
+            self.stop_string.clone_from(&o.stop_string);
+        }
+    }
 }
 
 pub struct Llm {
@@ -79,8 +135,8 @@ impl Llm {
     }
 
     /// Generates for every request, batching them; `on_token(request_index, token_id)` is
-    /// called for each generated token as it is produced. Every request is validated
-    /// before any runs.
+    /// called for each token of a request's first sequence as it is produced (at the end
+    /// for best_of and beam search). Every request is validated before any runs.
     pub fn generate(
         &mut self,
         requests: Vec<GenerateRequest>,
@@ -110,79 +166,43 @@ impl Llm {
                 text: String::new(),
                 finish_reason: FinishReason::Length,
                 stop_string: None,
+                outputs: vec![],
+                prompt_logprobs: vec![],
                 num_cached_tokens: 0,
                 prompt_logits: r.return_prompt_logits.then(Vec::new),
             })
             .collect();
-        // Requests with stop strings are detokenized as they go.
-        let mut stops: Vec<Option<StopState>> = core_requests
-            .iter()
-            .map(|r| {
-                let p = &r.params;
-                let checker = StopChecker::new(&p.stop, p.include_stop_str_in_output)
-                    .filter(|_| p.detokenize)?;
-                Some(StopState {
-                    detok: IncrementalDetokenizer::new(&r.prompt_token_ids, p.skip_special_tokens),
-                    checker,
-                    text: String::new(),
-                    stopped: false,
-                })
-            })
-            .collect();
+        let mut processor = OutputProcessor::new(self.tokenizer.clone_handle());
+        let mut metrics = Metrics::default();
         for r in core_requests {
+            let params = Arc::new(r.params.clone());
+            processor.register(self.next_id, &r.prompt_token_ids, &params, Instant::now());
             self.core.add_request(self.next_id, r)?;
             self.next_id += 1;
         }
         while self.core.has_unfinished() {
-            for mut o in self.core.step() {
-                let i = (o.request_id - first_id) as usize;
-                let out = &mut outputs[i];
-                if let Some(st) = &mut stops[i] {
-                    if st.stopped {
-                        continue;
+            let mut step_outputs = self.core.step();
+            loop {
+                for mut o in step_outputs {
+                    let i = (o.request_id - first_id) as usize;
+                    if let Some(l) = &mut outputs[i].prompt_logits {
+                        l.append(&mut o.prompt_logits);
                     }
-                    for (k, &t) in o.new_token_ids.iter().enumerate() {
-                        let delta = st.detok.push(&self.tokenizer, t);
-                        if let Some(j) = st.checker.push(&delta, &mut st.text) {
-                            st.stopped = true;
-                            out.stop_string = Some(st.checker.stop_str(j).to_string());
-                            o.new_token_ids.truncate(k + 1);
-                            if o.finish_reason.is_none() {
-                                self.core.finish_request(o.request_id, FinishReason::Stop);
-                            }
-                            o.finish_reason = Some(FinishReason::Stop);
-                            break;
+                    for e in processor.process(o, &mut metrics) {
+                        if e.index == 0 {
+                            e.token_ids.iter().for_each(|&t| on_token(i, t));
                         }
+                        outputs[i].apply(e);
                     }
                 }
-                for &t in &o.new_token_ids {
-                    on_token(i, t);
-                }
-                out.token_ids.extend(&o.new_token_ids);
-                if let Some(l) = &mut out.prompt_logits {
-                    l.extend(&o.prompt_logits);
-                }
-                out.num_cached_tokens = o.num_cached_tokens;
-                if let Some(reason) = o.finish_reason {
-                    out.finish_reason = reason;
-                }
-            }
-        }
-        for (o, st) in outputs.iter_mut().zip(stops) {
-            match st {
-                None => o.text = self.tokenizer.decode(&o.token_ids, true)?,
-                Some(mut st) => {
-                    if !st.stopped {
-                        let rest = st.detok.flush(&self.tokenizer);
-                        match st.checker.push(&rest, &mut st.text) {
-                            Some(j) => {
-                                o.stop_string = Some(st.checker.stop_str(j).to_string());
-                                o.finish_reason = FinishReason::Stop;
-                            }
-                            None => st.checker.flush(&mut st.text),
-                        }
-                    }
-                    o.text = st.text;
+                // Sequences a stop string ended: finish them in the core too.
+                step_outputs = processor
+                    .take_stopped()
+                    .into_iter()
+                    .filter_map(|seq| self.core.finish_sequence(seq, FinishReason::Stop))
+                    .collect();
+                if step_outputs.is_empty() {
+                    break;
                 }
             }
         }

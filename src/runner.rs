@@ -9,10 +9,11 @@ use crate::kv::KvCache;
 use crate::model::arch::ArchSpec;
 use crate::model::decoder::{Decoder, ForwardBatch};
 use crate::model::ModelWeights;
+use crate::sample::logprobs::LogprobsComputer;
 use crate::sample::processors::{LogitsProcessors, SeqHistory};
-use crate::sample::sampler::RequestRng;
-use crate::sample::Sampler;
-use crate::sched::output::SampledTokens;
+use crate::sample::sampler::{argmax, RequestRng};
+use crate::sample::{LogprobsMode, Sampler, TokenLogprobs};
+use crate::sched::output::{ForkedSample, SampledTokens, ScheduledRequest};
 use crate::sched::{ModelRunnerOutput, RequestId, SchedulerOutput};
 use std::collections::HashMap;
 
@@ -36,14 +37,7 @@ pub struct ModelRunner {
     vocab_size: usize,
     block_size: usize,
     batch: ForwardBatch,
-    sampler: Sampler,
-    processors: LogitsProcessors,
-    /// Per-request sampling state, created on the first sample and dropped when the
-    /// scheduler reports the request finished.
-    seqs: HashMap<RequestId, SeqState>,
-    /// Tokens that end a multi-step run early (EOS and stop tokens are re-checked by the scheduler).
-    eos_token_ids: Vec<u32>,
-    seed: u64,
+    ctx: SampleContext,
 }
 
 impl ModelRunner {
@@ -90,11 +84,16 @@ impl ModelRunner {
             vocab_size,
             block_size: cfg.block_size,
             batch: ForwardBatch::new(cfg.max_model_len.div_ceil(cfg.block_size)),
-            sampler: Sampler::default(),
-            processors: LogitsProcessors::default(),
-            seqs: HashMap::new(),
-            eos_token_ids,
-            seed: cfg.seed,
+            ctx: SampleContext {
+                sampler: Sampler::default(),
+                processors: LogitsProcessors::default(),
+                logprobs: LogprobsComputer::default(),
+                seqs: HashMap::new(),
+                eos_token_ids,
+                seed: cfg.seed,
+                raw: Vec::new(),
+                processed: Vec::new(),
+            },
         }
     }
 
@@ -120,7 +119,7 @@ impl ModelRunner {
     /// Runs the scheduled step (all `num_steps` of it) and samples.
     pub fn execute(&mut self, sched: &SchedulerOutput) -> ModelRunnerOutput {
         for id in &sched.finished_req_ids {
-            self.seqs.remove(id);
+            self.ctx.seqs.remove(id);
         }
         if !sched.blocks_to_copy.is_empty() {
             self.decoder
@@ -157,10 +156,9 @@ impl ModelRunner {
                 &s.block_ids,
                 self.block_size,
             );
-            for (i, _) in s.token_ids.iter().enumerate() {
-                let pos = s.num_computed_tokens + i;
-                let prompt_row = s.return_prompt_logits && pos < s.num_prompt_tokens;
-                if prompt_row || (s.sample && i + 1 == s.token_ids.len()) {
+            for i in 0..s.token_ids.len() {
+                let (prompt_row, sample_row) = row_kinds(s, i);
+                if prompt_row || sample_row {
                     batch.logits_rows.push(first_row + i as u32);
                 }
             }
@@ -169,39 +167,29 @@ impl ModelRunner {
         self.forward(&batch);
         let mut row = 0;
         for (s, o) in sched.scheduled.iter().zip(&mut out.outputs) {
-            for (i, _) in s.token_ids.iter().enumerate() {
-                let pos = s.num_computed_tokens + i;
-                let prompt_row = s.return_prompt_logits && pos < s.num_prompt_tokens;
-                let sample_row = s.sample && i + 1 == s.token_ids.len();
+            for i in 0..s.token_ids.len() {
+                let (prompt_row, sample_row) = row_kinds(s, i);
                 if !(prompt_row || sample_row) {
                     continue;
                 }
                 let r = &mut self.logits[row * vocab..(row + 1) * vocab];
                 row += 1;
-                if prompt_row {
+                let pos = s.num_computed_tokens + i;
+                if prompt_row && s.return_prompt_logits {
                     o.prompt_logits.extend_from_slice(r);
                 }
+                if let (Some(k), Some(prompt)) = (s.params.prompt_logprobs, &s.prompt_token_ids) {
+                    if pos + 1 < s.num_prompt_tokens {
+                        let next = prompt[pos + 1];
+                        let lp = self
+                            .ctx
+                            .logprobs
+                            .compute(r, next, k, LogprobsMode::RawLogprobs);
+                        o.prompt_logprobs.push(lp);
+                    }
+                }
                 if sample_row {
-                    let seed = s
-                        .params
-                        .seed
-                        .unwrap_or(self.seed ^ s.request_id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                    let seq = self.seqs.entry(s.request_id).or_insert_with(|| SeqState {
-                        rng: RequestRng::new(seed),
-                        hist: SeqHistory::new(
-                            &s.params,
-                            s.penalty_prompt_token_ids.as_deref().unwrap_or(&[]),
-                        ),
-                    });
-                    let tok = sample_one(
-                        &mut self.sampler,
-                        &mut self.processors,
-                        &self.eos_token_ids,
-                        seq,
-                        r,
-                        &s.params,
-                    );
-                    o.token_ids.push(tok);
+                    self.ctx.sample_first(s, r, o);
                 }
             }
         }
@@ -225,7 +213,7 @@ impl ModelRunner {
             };
             if o.token_ids.len() != step
                 || step >= s.max_sampled_tokens
-                || self.eos_token_ids.contains(&last)
+                || self.ctx.eos_token_ids.contains(&last)
                 || s.params.stop_token_ids.contains(&last)
             {
                 continue;
@@ -244,22 +232,127 @@ impl ModelRunner {
         for (row, &idx) in active.iter().enumerate() {
             let s = &sched.scheduled[idx];
             let r = &mut self.logits[row * vocab..(row + 1) * vocab];
-            let seq = self
-                .seqs
-                .get_mut(&s.request_id)
-                .expect("sampled in the first step");
-            let tok = sample_one(
-                &mut self.sampler,
-                &mut self.processors,
-                &self.eos_token_ids,
-                seq,
-                r,
-                &s.params,
-            );
-            out.outputs[idx].token_ids.push(tok);
+            let (tok, lp) = self.ctx.sample(s, s.request_id, s.seq_index, r, false);
+            let o = &mut out.outputs[idx];
+            o.token_ids.push(tok);
+            o.logprobs.extend(lp);
         }
         self.batch = batch;
         true
+    }
+}
+
+/// Whether row `i` of a scheduled request's tokens is a prompt row whose logits or
+/// logprobs are returned, and whether it is the row sampled from.
+fn row_kinds(s: &ScheduledRequest, i: usize) -> (bool, bool) {
+    let pos = s.num_computed_tokens + i;
+    let prompt_row = pos < s.num_prompt_tokens
+        && (s.return_prompt_logits
+            || (s.params.prompt_logprobs.is_some() && pos + 1 < s.num_prompt_tokens));
+    let sample_row = s.sample && i + 1 == s.token_ids.len();
+    (prompt_row, sample_row)
+}
+
+/// Everything sampling needs besides the logits: kept apart from the logits buffer so a
+/// row can be borrowed while sampling.
+struct SampleContext {
+    sampler: Sampler,
+    processors: LogitsProcessors,
+    logprobs: LogprobsComputer,
+    /// Per-sequence sampling state, created on the first sample and dropped when the
+    /// scheduler reports the sequence finished.
+    seqs: HashMap<RequestId, SeqState>,
+    /// Tokens that end a multi-step run early (EOS and stop tokens are re-checked by the
+    /// scheduler).
+    eos_token_ids: Vec<u32>,
+    seed: u64,
+    /// The row before processing (for raw logprobs and for forked sequences).
+    raw: Vec<f32>,
+    /// The processed row (processed logprobs).
+    processed: Vec<f32>,
+}
+
+impl SampleContext {
+    /// The first sample of a step: beam candidates, or a token for this sequence and for
+    /// each sequence forked from it.
+    fn sample_first(&mut self, s: &ScheduledRequest, row: &mut [f32], o: &mut SampledTokens) {
+        if s.beam_candidates > 0 {
+            let best = argmax(row);
+            let k = s.beam_candidates as i32;
+            o.beam_candidates =
+                Some(
+                    self.logprobs
+                        .compute(row, best, k, LogprobsMode::RawLogprobs),
+                );
+            return;
+        }
+        let keep_raw = !s.fork_children.is_empty();
+        if keep_raw {
+            self.raw.clear();
+            self.raw.extend_from_slice(row);
+        }
+        let (tok, lp) = self.sample(s, s.request_id, s.seq_index, row, false);
+        o.token_ids.push(tok);
+        o.logprobs.extend(lp);
+        for &(child, index) in &s.fork_children {
+            row.copy_from_slice(&self.raw);
+            let (token_id, logprobs) = self.sample(s, child, index, row, true);
+            o.forked.push(ForkedSample {
+                seq_id: child,
+                token_id,
+                logprobs,
+            });
+        }
+    }
+
+    /// Applies the processors and penalties to one row of sequence `seq_id`, draws,
+    /// records the token; returns it with its logprobs when the request needs them.
+    fn sample(
+        &mut self,
+        s: &ScheduledRequest,
+        seq_id: RequestId,
+        seq_index: u32,
+        row: &mut [f32],
+        forked: bool,
+    ) -> (u32, Option<TokenLogprobs>) {
+        let p = &s.params;
+        let seed = match p.seed {
+            Some(seed) => seed.wrapping_add(seq_index as u64),
+            None => self.seed ^ seq_id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        };
+        let seq = self.seqs.entry(seq_id).or_insert_with(|| SeqState {
+            rng: RequestRng::new(seed),
+            hist: SeqHistory::new(p, s.prompt_token_ids.as_deref().unwrap_or(&[])),
+        });
+        let want = p.needs_sample_logprob();
+        let mode = p.logprobs_mode;
+        if want && !mode.is_processed() && !forked {
+            self.raw.clear();
+            self.raw.extend_from_slice(row);
+        }
+        self.processors
+            .apply(row, p, &seq.hist, &self.eos_token_ids);
+        if want && mode.is_processed() {
+            self.processed.clear();
+            let inv_t = if p.is_greedy() {
+                1.0
+            } else {
+                1.0 / p.temperature
+            };
+            self.processed.extend(row.iter().map(|&l| l * inv_t));
+        }
+        let tok = self.sampler.sample(row, p, &mut seq.rng);
+        seq.hist.push(tok);
+        if !want {
+            return (tok, None);
+        }
+        let source = if mode.is_processed() {
+            &self.processed
+        } else {
+            &self.raw
+        };
+        let k = p.logprobs.unwrap_or(0);
+        (tok, Some(self.logprobs.compute(source, tok, k, mode)))
     }
 }
 
@@ -267,19 +360,4 @@ impl ModelRunner {
 struct SeqState {
     rng: RequestRng,
     hist: SeqHistory,
-}
-
-/// Applies the processors and penalties to one row, draws, records the token.
-fn sample_one(
-    sampler: &mut Sampler,
-    processors: &mut LogitsProcessors,
-    eos_token_ids: &[u32],
-    seq: &mut SeqState,
-    row: &mut [f32],
-    params: &crate::sample::SamplingParams,
-) -> u32 {
-    processors.apply(row, params, &seq.hist, eos_token_ids);
-    let tok = sampler.sample(row, params, &mut seq.rng);
-    seq.hist.push(tok);
-    tok
 }

@@ -360,10 +360,11 @@ fn aborts_give_one_final_event_and_free_every_block() {
     assert!(core.step().iter().all(|o| o.new_token_ids.is_empty()));
     let fin = core
         .finish_request(1, FinishReason::Abort)
+        .pop()
         .expect("final output");
     assert_eq!(fin.finish_reason, Some(FinishReason::Abort));
     assert!(
-        core.finish_request(1, FinishReason::Abort).is_none(),
+        core.finish_request(1, FinishReason::Abort).is_empty(),
         "only one final output"
     );
     assert_eq!(core.stats().num_free_blocks, free_at_start);
@@ -379,6 +380,7 @@ fn aborts_give_one_final_event_and_free_every_block() {
     }
     assert_eq!(
         core.finish_request(2, FinishReason::Abort)
+            .pop()
             .unwrap()
             .finish_reason,
         Some(FinishReason::Abort)
@@ -401,6 +403,7 @@ fn aborts_give_one_final_event_and_free_every_block() {
     assert!(core.stats().num_preemptions > 0);
     assert_eq!(
         core.finish_request(victim, FinishReason::Abort)
+            .pop()
             .unwrap()
             .finish_reason,
         Some(FinishReason::Abort)

@@ -7,6 +7,7 @@
 //! after `llmrt_events_free` is undefined behaviour.
 
 use super::value_guard;
+use crate::sample::{Logprob, TokenLogprobs};
 use crate::{Event, FinishReason};
 use std::ffi::c_char;
 
@@ -14,7 +15,8 @@ use std::ffi::c_char;
 #[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum llmrt_kind {
-    /// New tokens (and their text) of a running request.
+    /// New tokens (and their text) of a running request; with n > 1, also the end of
+    /// one sequence that is not the request's last (its finish reason is set).
     LLMRT_EVENT_TOKEN = 0,
     /// The request's last event: it may carry tokens too, and has a finish reason and
     /// usage. Exactly one per request.
@@ -39,6 +41,8 @@ pub enum llmrt_reason {
 
 struct CEvent {
     request_id: u64,
+    seq_index: u32,
+    finished: bool,
     user_tag: u64,
     token_ids: Vec<u32>,
     /// UTF-8 with a NUL appended.
@@ -48,6 +52,11 @@ struct CEvent {
     usage: Option<crate::Usage>,
     /// NUL-terminated.
     error: Option<Vec<u8>>,
+    /// NUL-terminated.
+    stop_string: Option<Vec<u8>>,
+    logprobs: Vec<TokenLogprobs>,
+    prompt_logprobs: Vec<TokenLogprobs>,
+    cumulative_logprob: Option<f64>,
 }
 
 /// A batch of events from `llmrt_engine_poll`; the caller frees it with
@@ -78,13 +87,19 @@ impl llmrt_events {
                 };
                 CEvent {
                     request_id: e.request_id,
-                    user_tag: tag(e.request_id, e.finish_reason.is_some()),
+                    seq_index: e.index,
+                    finished: e.finished,
+                    user_tag: tag(e.request_id, e.finished),
                     text: nul_terminated(&e.text),
                     token_ids: e.token_ids,
                     finish_reason,
                     stop_token_id: e.stop_token_id,
                     usage: e.usage,
                     error: e.error.as_deref().map(nul_terminated),
+                    stop_string: e.stop_string.as_deref().map(nul_terminated),
+                    logprobs: e.logprobs,
+                    prompt_logprobs: e.prompt_logprobs,
+                    cumulative_logprob: e.cumulative_logprob,
                 }
             })
             .collect();
@@ -131,9 +146,7 @@ pub unsafe extern "C" fn llmrt_event_user_tag(events: *const llmrt_events, index
 pub unsafe extern "C" fn llmrt_event_kind(events: *const llmrt_events, index: usize) -> llmrt_kind {
     value_guard(llmrt_kind::LLMRT_EVENT_TOKEN, || {
         match event(events, index) {
-            Some(e) if e.finish_reason != llmrt_reason::LLMRT_FINISH_NONE => {
-                llmrt_kind::LLMRT_EVENT_FINAL
-            }
+            Some(e) if e.finished => llmrt_kind::LLMRT_EVENT_FINAL,
             _ => llmrt_kind::LLMRT_EVENT_TOKEN,
         }
     })
@@ -185,7 +198,8 @@ pub unsafe extern "C" fn llmrt_event_text(
     })
 }
 
-/// Why the request finished: `LLMRT_FINISH_NONE` for a token event (and if out of range).
+/// Why the event's sequence finished: `LLMRT_FINISH_NONE` while it runs (and if out of
+/// range). With one sequence per request this is set exactly on the final event.
 ///
 /// Thread-safety: any thread, on a batch not being freed. Never fails.
 #[no_mangle]
@@ -269,9 +283,87 @@ pub unsafe extern "C" fn llmrt_event_error_message(
     })
 }
 
+/// Writes a logprob entry to the out-parameters that are not NULL.
+unsafe fn write_logprob(
+    l: Option<Logprob>,
+    token_id: *mut u32,
+    logprob: *mut f32,
+    rank: *mut u32,
+) -> bool {
+    let Some(l) = l else { return false };
+    if !token_id.is_null() {
+        *token_id = l.token_id;
+    }
+    if !logprob.is_null() {
+        *logprob = l.logprob;
+    }
+    if !rank.is_null() {
+        *rank = l.rank;
+    }
+    true
+}
+
+/// Entry `position` of a list, or its `k`-th alternative.
+fn entry(list: &[TokenLogprobs], position: usize, k: Option<usize>) -> Option<Logprob> {
+    let p = list.get(position)?;
+    match k {
+        None => p.token,
+        Some(k) => p.top.get(k).copied(),
+    }
+}
+
+/// Which sequence of its request the event belongs to: 0 unless the request asked for
+/// n > 1, best_of or beam search (then 0..n; best_of and beam search number the returned
+/// sequences best first). 0 if out of range.
+///
+/// Thread-safety: any thread, on a batch not being freed. Never fails.
+#[no_mangle]
+pub unsafe extern "C" fn llmrt_event_index(events: *const llmrt_events, index: usize) -> u32 {
+    value_guard(0, || event(events, index).map_or(0, |e| e.seq_index))
+}
+
+/// For an event whose sequence a stop string ended: that string, NUL-terminated UTF-8
+/// owned by the batch. NULL otherwise.
+///
+/// Thread-safety: any thread, on a batch not being freed. Never fails.
+#[no_mangle]
+pub unsafe extern "C" fn llmrt_event_stop_string(
+    events: *const llmrt_events,
+    index: usize,
+) -> *const c_char {
+    value_guard(std::ptr::null(), || {
+        event(events, index)
+            .and_then(|e| e.stop_string.as_ref())
+            .map_or(std::ptr::null(), |m| m.as_ptr().cast())
+    })
+}
+
+/// The sum of the logprobs of the sequence's tokens so far, when they are computed (the
+/// request asked for logprobs, best_of > n or beam search): writes it to `value` (may be
+/// NULL) and returns true. Otherwise returns false and writes nothing.
+///
+/// Thread-safety: any thread, on a batch not being freed. Never fails.
+#[no_mangle]
+pub unsafe extern "C" fn llmrt_event_cumulative_logprob(
+    events: *const llmrt_events,
+    index: usize,
+    value: *mut f64,
+) -> bool {
+    value_guard(false, || {
+        match event(events, index).and_then(|e| e.cumulative_logprob) {
+            Some(v) => {
+                if !value.is_null() {
+                    *value = v;
+                }
+                true
+            }
+            None => false,
+        }
+    })
+}
+
 /// The number of this event's tokens that carry logprobs: the number of token ids when
-/// the request asked for logprobs, else 0. This build computes no logprobs yet, so it
-/// returns 0; the accessors below are the stable interface they will come through.
+/// the request asked for `logprobs`, else 0.
 ///
 /// Thread-safety: any thread, on a batch not being freed. Never fails.
 #[no_mangle]
@@ -279,16 +371,13 @@ pub unsafe extern "C" fn llmrt_event_logprobs_count(
     events: *const llmrt_events,
     index: usize,
 ) -> usize {
-    value_guard(0, || {
-        let _ = event(events, index);
-        0
-    })
+    value_guard(0, || event(events, index).map_or(0, |e| e.logprobs.len()))
 }
 
 /// The logprob of the token at `position` (in `0..llmrt_event_logprobs_count`) of this
-/// event: writes the token id, its log-probability and its rank in the distribution
-/// (1 = most likely) to the out-parameters that are not NULL and returns true; returns
-/// false and writes nothing when there is no such entry (always, in this build).
+/// event: writes the token id, its log-probability (of the distribution `logprobs_mode`
+/// names) and its rank (1 = most likely) to the out-parameters that are not NULL and
+/// returns true; returns false and writes nothing when there is no such entry.
 ///
 /// Thread-safety: any thread, on a batch not being freed. Never fails.
 #[no_mangle]
@@ -300,12 +389,14 @@ pub unsafe extern "C" fn llmrt_event_logprob(
     logprob: *mut f32,
     rank: *mut u32,
 ) -> bool {
-    let _ = (events, index, position, token_id, logprob, rank);
-    false
+    value_guard(false, || {
+        let e = event(events, index).and_then(|e| entry(&e.logprobs, position, None));
+        write_logprob(e, token_id, logprob, rank)
+    })
 }
 
 /// The number of top alternatives (vLLM's `logprobs: k`) recorded at `position` of this
-/// event; 0 when none (always, in this build).
+/// event; 0 when none.
 ///
 /// Thread-safety: any thread, on a batch not being freed. Never fails.
 #[no_mangle]
@@ -314,14 +405,17 @@ pub unsafe extern "C" fn llmrt_event_top_logprobs_count(
     index: usize,
     position: usize,
 ) -> usize {
-    let _ = (events, index, position);
-    0
+    value_guard(0, || {
+        event(events, index)
+            .and_then(|e| e.logprobs.get(position))
+            .map_or(0, |p| p.top.len())
+    })
 }
 
 /// The `k`-th most likely alternative (k in `0..llmrt_event_top_logprobs_count`) at
 /// `position` of this event: writes its token id, log-probability and rank to the
 /// out-parameters that are not NULL and returns true; returns false and writes nothing
-/// when there is no such entry (always, in this build).
+/// when there is no such entry.
 ///
 /// Thread-safety: any thread, on a batch not being freed. Never fails.
 #[no_mangle]
@@ -334,8 +428,81 @@ pub unsafe extern "C" fn llmrt_event_top_logprob(
     logprob: *mut f32,
     rank: *mut u32,
 ) -> bool {
-    let _ = (events, index, position, k, token_id, logprob, rank);
-    false
+    value_guard(false, || {
+        let e = event(events, index).and_then(|e| entry(&e.logprobs, position, Some(k)));
+        write_logprob(e, token_id, logprob, rank)
+    })
+}
+
+/// The number of prompt-logprob entries on this event: with `prompt_logprobs`, the
+/// request's first event carries one per prompt token after the first; 0 otherwise.
+///
+/// Thread-safety: any thread, on a batch not being freed. Never fails.
+#[no_mangle]
+pub unsafe extern "C" fn llmrt_event_prompt_logprobs_count(
+    events: *const llmrt_events,
+    index: usize,
+) -> usize {
+    value_guard(0, || {
+        event(events, index).map_or(0, |e| e.prompt_logprobs.len())
+    })
+}
+
+/// Prompt token `position + 1`: writes its id, its log-probability given the tokens
+/// before it, and its rank to the out-parameters that are not NULL and returns true;
+/// false (nothing written) when there is no such entry.
+///
+/// Thread-safety: any thread, on a batch not being freed. Never fails.
+#[no_mangle]
+pub unsafe extern "C" fn llmrt_event_prompt_logprob(
+    events: *const llmrt_events,
+    index: usize,
+    position: usize,
+    token_id: *mut u32,
+    logprob: *mut f32,
+    rank: *mut u32,
+) -> bool {
+    value_guard(false, || {
+        let e = event(events, index).and_then(|e| entry(&e.prompt_logprobs, position, None));
+        write_logprob(e, token_id, logprob, rank)
+    })
+}
+
+/// The number of top alternatives recorded for prompt entry `position`; 0 when none.
+///
+/// Thread-safety: any thread, on a batch not being freed. Never fails.
+#[no_mangle]
+pub unsafe extern "C" fn llmrt_event_prompt_top_logprobs_count(
+    events: *const llmrt_events,
+    index: usize,
+    position: usize,
+) -> usize {
+    value_guard(0, || {
+        event(events, index)
+            .and_then(|e| e.prompt_logprobs.get(position))
+            .map_or(0, |p| p.top.len())
+    })
+}
+
+/// The `k`-th most likely token at prompt entry `position`: writes its id,
+/// log-probability and rank to the out-parameters that are not NULL and returns true;
+/// false (nothing written) when there is no such entry.
+///
+/// Thread-safety: any thread, on a batch not being freed. Never fails.
+#[no_mangle]
+pub unsafe extern "C" fn llmrt_event_prompt_top_logprob(
+    events: *const llmrt_events,
+    index: usize,
+    position: usize,
+    k: usize,
+    token_id: *mut u32,
+    logprob: *mut f32,
+    rank: *mut u32,
+) -> bool {
+    value_guard(false, || {
+        let e = event(events, index).and_then(|e| entry(&e.prompt_logprobs, position, Some(k)));
+        write_logprob(e, token_id, logprob, rank)
+    })
 }
 
 /// Frees a batch and everything its accessors returned. NULL is a no-op. Using the batch

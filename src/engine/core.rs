@@ -62,7 +62,16 @@ impl Limits {
             )));
         }
         let total = (n + r.params.max_tokens).min(self.max_model_len);
-        let need = (total + self.num_scheduler_steps).div_ceil(self.block_size);
+        let first = (total + self.num_scheduler_steps).div_ceil(self.block_size);
+        // Further sequences (n, best_of, beams) share the prompt's full blocks and need
+        // their own for the rest, plus one copied partial block.
+        let seqs = if r.params.is_beam_search() {
+            r.params.beam_width
+        } else {
+            r.params.num_sequences()
+        };
+        let own = (total - n + self.num_scheduler_steps).div_ceil(self.block_size) + 1;
+        let need = first.saturating_add((seqs - 1).saturating_mul(own));
         if need > self.num_kv_blocks {
             return Err(Error::InvalidRequest(format!(
                 "the request needs {need} KV blocks of {} tokens (prompt {n} + max_tokens {}); the cache has {}",
@@ -208,13 +217,19 @@ impl EngineCore {
         Ok(())
     }
 
-    /// Ends a request now; returns its final output (None if unknown or already finished).
-    pub fn finish_request(
+    /// Ends every sequence of a request now; returns their final outputs (empty if unknown
+    /// or already finished).
+    pub fn finish_request(&mut self, id: RequestId, reason: FinishReason) -> Vec<EngineCoreOutput> {
+        self.scheduler.finish_request(id, reason)
+    }
+
+    /// Ends one sequence (by `EngineCoreOutput::seq_id`), e.g. at a stop string.
+    pub fn finish_sequence(
         &mut self,
-        id: RequestId,
+        seq_id: RequestId,
         reason: FinishReason,
     ) -> Option<EngineCoreOutput> {
-        self.scheduler.finish_request(id, reason)
+        self.scheduler.finish_sequence(seq_id, reason)
     }
 
     /// Ends every request (shutdown); returns their final outputs.
@@ -222,13 +237,13 @@ impl EngineCore {
         self.scheduler
             .request_ids()
             .into_iter()
-            .filter_map(|id| self.scheduler.finish_request(id, reason))
+            .flat_map(|id| self.scheduler.finish_request(id, reason))
             .collect()
     }
 
     /// Where a request stands (None once finished or unknown).
     pub fn request_status(&self, id: RequestId) -> Option<crate::sched::RequestStatus> {
-        self.scheduler.request(id).map(|r| r.status)
+        self.scheduler.request_status(id)
     }
 
     pub fn has_unfinished(&self) -> bool {

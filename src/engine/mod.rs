@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 
 enum Command {
     Add(RequestId, Box<CoreRequest>, Instant),
+    /// Ends every sequence of a request (abort).
     Finish(RequestId, FinishReason),
+    /// Ends one sequence that a stop string ended.
+    FinishSequence(RequestId),
     Shutdown,
 }
 
@@ -266,11 +269,16 @@ fn engine_loop(
                     }
                 }
                 Command::Finish(id, reason) => {
-                    if let Some(o) = core.finish_request(id, reason) {
-                        // A stop string: the output thread has emitted the final event.
-                        if reason != FinishReason::Stop {
-                            let _ = out.send(OutMsg::Outputs(vec![o]));
-                        }
+                    let outputs = core.finish_request(id, reason);
+                    if !outputs.is_empty() {
+                        let _ = out.send(OutMsg::Outputs(outputs));
+                    }
+                }
+                Command::FinishSequence(seq_id) => {
+                    // A stop string: the output thread has emitted the sequence's last
+                    // event; it still learns whether the request ended.
+                    if let Some(o) = core.finish_sequence(seq_id, FinishReason::Stop) {
+                        let _ = out.send(OutMsg::Outputs(vec![o]));
                     }
                 }
                 Command::Shutdown => {
@@ -332,8 +340,8 @@ fn output_loop(
                 }
                 // Stop strings found: the engine finishes those requests (and emits
                 // nothing more for them).
-                for id in processor.take_stopped() {
-                    let _ = commands.send(Command::Finish(id, FinishReason::Stop));
+                for seq_id in processor.take_stopped() {
+                    let _ = commands.send(Command::FinishSequence(seq_id));
                 }
                 shared.push_events(events);
             }

@@ -6,6 +6,7 @@
 
 use crate::model::Tokenizer;
 
+#[derive(Clone)]
 pub struct IncrementalDetokenizer {
     ids: Vec<u32>,
     prefix_offset: usize,

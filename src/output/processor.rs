@@ -8,9 +8,10 @@ use super::detokenizer::IncrementalDetokenizer;
 use super::stop::StopChecker;
 use crate::metrics::Metrics;
 use crate::model::Tokenizer;
-use crate::sample::SamplingParams;
+use crate::sample::{SamplingParams, TokenLogprobs};
 use crate::sched::{EngineCoreOutput, FinishReason, RequestId};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -21,19 +22,35 @@ pub struct Usage {
     pub cached_prompt_tokens: usize,
 }
 
-/// One event of one request. A request gets any number of token events and exactly one
-/// final event (`finish_reason` set), which carries `usage`.
+/// One event of one sequence of a request. A request gets any number of events and
+/// exactly one final event (`finished`), which carries `usage`. With n > 1, best_of or
+/// beam search, each sequence (`index`) ends with its own `finish_reason`; the last of
+/// them is the final event. best_of > n and beam search return only the chosen sequences,
+/// each in one event, when all are done.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     pub request_id: RequestId,
+    /// Which sequence of the request (0..n).
+    pub index: u32,
     pub token_ids: Vec<u32>,
     /// Text of the new tokens; always whole UTF-8.
     pub text: String,
+    /// Set when this sequence ended.
     pub finish_reason: Option<FinishReason>,
-    /// The stop token that ended the request, if one did.
+    /// The stop token that ended the sequence, if one did.
     pub stop_token_id: Option<u32>,
-    /// The stop string (of `SamplingParams::stop`) that ended the request, if one did.
+    /// The stop string (of `SamplingParams::stop`) that ended the sequence, if one did.
     pub stop_string: Option<String>,
+    /// One per token of `token_ids` when the request asked for `logprobs`.
+    pub logprobs: Vec<TokenLogprobs>,
+    /// With `prompt_logprobs`, on the request's first event: one per prompt token after the
+    /// first (entry `i` is about prompt token `i + 1`).
+    pub prompt_logprobs: Vec<TokenLogprobs>,
+    /// Sum of the sequence's token logprobs so far, when they are computed (logprobs,
+    /// best_of, beam search).
+    pub cumulative_logprob: Option<f64>,
+    /// The request's last event.
+    pub finished: bool,
     pub usage: Option<Usage>,
     /// Set when the request failed (`finish_reason` is `Error`).
     pub error: Option<String>,
@@ -41,23 +58,69 @@ pub struct Event {
 
 impl Event {
     pub fn is_final(&self) -> bool {
-        self.finish_reason.is_some()
+        self.finished
+    }
+
+    fn new(request_id: RequestId, index: u32) -> Event {
+        Event {
+            request_id,
+            index,
+            token_ids: vec![],
+            text: String::new(),
+            finish_reason: None,
+            stop_token_id: None,
+            stop_string: None,
+            logprobs: vec![],
+            prompt_logprobs: vec![],
+            cumulative_logprob: None,
+            finished: false,
+            usage: None,
+            error: None,
+        }
     }
 }
 
-struct RequestState {
+/// One sequence's output state.
+#[derive(Clone)]
+struct SeqState {
     detok: Option<IncrementalDetokenizer>,
     stop: Option<StopChecker>,
-    num_prompt_tokens: usize,
     num_output_tokens: usize,
+    cumulative_logprob: Option<f64>,
+    finished: bool,
+    /// best_of > n: the whole sequence, returned at the end if it ranks.
+    held: Option<Event>,
+}
+
+struct RequestState {
+    params: Arc<SamplingParams>,
+    /// The state every sequence starts from.
+    template: SeqState,
+    seqs: Vec<SeqState>,
+    /// Sequences to wait for before the request ends.
+    num_expected: usize,
+    num_prompt_tokens: usize,
+    num_cached_tokens: usize,
+    prompt_logprobs: Vec<TokenLogprobs>,
     arrival: Instant,
     last_token: Option<Instant>,
+}
+
+impl RequestState {
+    /// best_of > n: sequences are held and the best returned at the end.
+    fn holds(&self) -> bool {
+        !self.params.is_beam_search() && self.params.num_sequences() > self.params.n
+    }
+
+    fn num_finished(&self) -> usize {
+        self.seqs.iter().filter(|s| s.finished).count()
+    }
 }
 
 pub struct OutputProcessor {
     tokenizer: Tokenizer,
     requests: HashMap<RequestId, RequestState>,
-    /// Requests ended by a stop string that the engine may still be running.
+    /// Sequences ended by a stop string that the engine may still be running.
     stopped: Vec<RequestId>,
 }
 
@@ -70,8 +133,9 @@ impl OutputProcessor {
         }
     }
 
-    /// Requests that a stop string ended since the last call, which the engine must now
-    /// finish (their final event has been emitted; later outputs for them are dropped).
+    /// Sequences (`EngineCoreOutput::seq_id`) that a stop string ended since the last call,
+    /// which the engine must now finish (their events have been emitted; later outputs for
+    /// them are dropped).
     pub fn take_stopped(&mut self) -> Vec<RequestId> {
         std::mem::take(&mut self.stopped)
     }
@@ -80,7 +144,7 @@ impl OutputProcessor {
         &mut self,
         id: RequestId,
         prompt: &[u32],
-        params: &SamplingParams,
+        params: &Arc<SamplingParams>,
         arrival: Instant,
     ) {
         let detok = params
@@ -90,13 +154,28 @@ impl OutputProcessor {
             .detokenize
             .then(|| StopChecker::new(&params.stop, params.include_stop_str_in_output))
             .flatten();
+        let num_expected = if params.is_beam_search() {
+            params.n
+        } else {
+            params.num_sequences()
+        };
         self.requests.insert(
             id,
             RequestState {
-                detok,
-                stop,
+                params: params.clone(),
+                template: SeqState {
+                    detok,
+                    stop,
+                    num_output_tokens: 0,
+                    cumulative_logprob: None,
+                    finished: false,
+                    held: None,
+                },
+                seqs: Vec::new(),
+                num_expected,
                 num_prompt_tokens: prompt.len(),
-                num_output_tokens: 0,
+                num_cached_tokens: 0,
+                prompt_logprobs: Vec::new(),
                 arrival,
                 last_token: None,
             },
@@ -107,89 +186,48 @@ impl OutputProcessor {
         self.requests.len()
     }
 
-    /// Builds the event for one core output; None for an unknown (or already ended)
-    /// request or an empty update.
-    pub fn process(&mut self, mut o: EngineCoreOutput, metrics: &mut Metrics) -> Option<Event> {
-        let st = self.requests.get_mut(&o.request_id)?;
+    /// Builds the events of one core output (none for an unknown or ended request or an
+    /// empty update).
+    pub fn process(&mut self, mut o: EngineCoreOutput, metrics: &mut Metrics) -> Vec<Event> {
+        let Some(st) = self.requests.get_mut(&o.request_id) else {
+            return vec![];
+        };
         let now = Instant::now();
-        let mut text = String::new();
-        let mut stop_string = None;
-        for (k, &t) in o.new_token_ids.iter().enumerate() {
-            let Some(d) = &mut st.detok else { break };
-            let delta = d.push(&self.tokenizer, t);
-            match &mut st.stop {
-                None => text.push_str(&delta),
-                Some(stop) => {
-                    if let Some(i) = stop.push(&delta, &mut text) {
-                        stop_string = Some(stop.stop_str(i).to_string());
-                        // Tokens after the one that completed the stop string are dropped.
-                        o.new_token_ids.truncate(k + 1);
-                        break;
-                    }
+        st.prompt_logprobs.append(&mut o.prompt_logprobs);
+        st.num_cached_tokens = o.num_cached_tokens;
+        let i = o.seq_index as usize;
+        if st.seqs.len() <= i {
+            let template = st.template.clone();
+            st.seqs.resize(i + 1, template);
+        }
+        let mut events = Vec::new();
+        if !st.seqs[i].finished {
+            if let Some(e) = seq_event(&self.tokenizer, st, &mut o) {
+                if e.stop_string.is_some() && o.finish_reason.is_none() {
+                    self.stopped.push(o.seq_id);
+                }
+                observe_latency(st, &e, now, metrics);
+                metrics.generation_tokens += e.token_ids.len() as u64;
+                if st.holds() {
+                    hold(&mut st.seqs[i], e);
+                } else {
+                    events.push(e);
                 }
             }
         }
-        if stop_string.is_none() && o.finish_reason.is_some() {
-            if let Some(d) = &mut st.detok {
-                let rest = d.flush(&self.tokenizer);
-                match &mut st.stop {
-                    None => text.push_str(&rest),
-                    Some(stop) => match stop.push(&rest, &mut text) {
-                        Some(i) => stop_string = Some(stop.stop_str(i).to_string()),
-                        None => stop.flush(&mut text),
-                    },
-                }
+        let done = o.request_finished || st.num_finished() >= st.num_expected;
+        if done {
+            let reason = o.finish_reason.unwrap_or(FinishReason::Abort);
+            let st = self.requests.remove(&o.request_id).expect("request state");
+            close_request(o.request_id, st, reason, now, metrics, &mut events);
+        }
+        // The request's prompt logprobs ride on its first event.
+        if let Some(st) = self.requests.get_mut(&o.request_id) {
+            if let Some(e) = events.first_mut() {
+                e.prompt_logprobs = std::mem::take(&mut st.prompt_logprobs);
             }
         }
-        if stop_string.is_some() {
-            if o.finish_reason.is_none() {
-                self.stopped.push(o.request_id);
-            }
-            o.finish_reason = Some(FinishReason::Stop);
-            o.stop_token_id = None;
-        }
-        for _ in &o.new_token_ids {
-            match st.last_token {
-                None => metrics
-                    .time_to_first_token_seconds
-                    .observe((now - st.arrival).as_secs_f64()),
-                Some(prev) => metrics
-                    .inter_token_latency_seconds
-                    .observe((now - prev).as_secs_f64() / o.new_token_ids.len() as f64),
-            }
-            st.last_token = Some(now);
-        }
-        st.num_output_tokens += o.new_token_ids.len();
-        metrics.generation_tokens += o.new_token_ids.len() as u64;
-        if o.new_token_ids.is_empty() && o.finish_reason.is_none() {
-            return None;
-        }
-        let usage = o.finish_reason.map(|_| Usage {
-            prompt_tokens: st.num_prompt_tokens,
-            completion_tokens: st.num_output_tokens,
-            cached_prompt_tokens: o.num_cached_tokens,
-        });
-        if let Some(reason) = o.finish_reason {
-            metrics
-                .e2e_request_latency_seconds
-                .observe((now - st.arrival).as_secs_f64());
-            metrics.prompt_tokens += st.num_prompt_tokens as u64;
-            match reason {
-                FinishReason::Abort => metrics.requests_aborted += 1,
-                _ => metrics.requests_finished += 1,
-            }
-            self.requests.remove(&o.request_id);
-        }
-        Some(Event {
-            request_id: o.request_id,
-            token_ids: o.new_token_ids,
-            text,
-            finish_reason: o.finish_reason,
-            stop_token_id: o.stop_token_id,
-            stop_string,
-            usage,
-            error: None,
-        })
+        events
     }
 
     /// Final error events for every request still open (the engine failed).
@@ -205,18 +243,168 @@ impl OutputProcessor {
     pub fn fail_one(&mut self, id: RequestId, message: &str) -> Option<Event> {
         let st = self.requests.remove(&id)?;
         Some(Event {
-            request_id: id,
-            token_ids: vec![],
-            text: String::new(),
             finish_reason: Some(FinishReason::Error),
-            stop_token_id: None,
-            stop_string: None,
+            finished: true,
             usage: Some(Usage {
                 prompt_tokens: st.num_prompt_tokens,
-                completion_tokens: st.num_output_tokens,
+                completion_tokens: st.seqs.iter().map(|s| s.num_output_tokens).sum(),
                 cached_prompt_tokens: 0,
             }),
             error: Some(message.to_string()),
+            ..Event::new(id, 0)
         })
+    }
+}
+
+/// Detokenises one sequence's new tokens, finds stop strings; None for an empty update.
+fn seq_event(
+    tokenizer: &Tokenizer,
+    st: &mut RequestState,
+    o: &mut EngineCoreOutput,
+) -> Option<Event> {
+    let want_logprobs = st.params.logprobs.is_some();
+    let seq = &mut st.seqs[o.seq_index as usize];
+    let mut e = Event::new(o.request_id, o.seq_index);
+    for (k, &t) in o.new_token_ids.iter().enumerate() {
+        let Some(d) = &mut seq.detok else { break };
+        let delta = d.push(tokenizer, t);
+        match &mut seq.stop {
+            None => e.text.push_str(&delta),
+            Some(stop) => {
+                if let Some(j) = stop.push(&delta, &mut e.text) {
+                    e.stop_string = Some(stop.stop_str(j).to_string());
+                    // Tokens after the one that completed the stop string are dropped.
+                    o.new_token_ids.truncate(k + 1);
+                    o.logprobs.truncate(k + 1);
+                    break;
+                }
+            }
+        }
+    }
+    if e.stop_string.is_none() && o.finish_reason.is_some() {
+        if let Some(d) = &mut seq.detok {
+            let rest = d.flush(tokenizer);
+            match &mut seq.stop {
+                None => e.text.push_str(&rest),
+                Some(stop) => match stop.push(&rest, &mut e.text) {
+                    Some(j) => e.stop_string = Some(stop.stop_str(j).to_string()),
+                    None => stop.flush(&mut e.text),
+                },
+            }
+        }
+    }
+    e.finish_reason = o.finish_reason;
+    e.stop_token_id = o.stop_token_id;
+    if e.stop_string.is_some() {
+        e.finish_reason = Some(FinishReason::Stop);
+        e.stop_token_id = None;
+    }
+    match o.cumulative_logprob {
+        Some(c) => seq.cumulative_logprob = Some(c),
+        None if !o.logprobs.is_empty() => {
+            let sum: f64 = o.logprobs.iter().map(|l| l.value() as f64).sum();
+            seq.cumulative_logprob = Some(seq.cumulative_logprob.unwrap_or(0.0) + sum);
+        }
+        None => {}
+    }
+    e.cumulative_logprob = seq.cumulative_logprob;
+    if want_logprobs {
+        e.logprobs = std::mem::take(&mut o.logprobs);
+    }
+    seq.num_output_tokens += o.new_token_ids.len();
+    seq.finished |= e.finish_reason.is_some();
+    e.token_ids = std::mem::take(&mut o.new_token_ids);
+    (!e.token_ids.is_empty() || e.finish_reason.is_some()).then_some(e)
+}
+
+/// best_of > n: accumulates a sequence's events into one.
+fn hold(seq: &mut SeqState, e: Event) {
+    match &mut seq.held {
+        None => seq.held = Some(e),
+        Some(h) => {
+            h.token_ids.extend(e.token_ids);
+            h.text.push_str(&e.text);
+            h.logprobs.extend(e.logprobs);
+            h.finish_reason = e.finish_reason;
+            h.stop_token_id = e.stop_token_id;
+            h.stop_string = e.stop_string;
+            h.cumulative_logprob = e.cumulative_logprob;
+        }
+    }
+}
+
+fn observe_latency(st: &mut RequestState, e: &Event, now: Instant, metrics: &mut Metrics) {
+    if e.token_ids.is_empty() {
+        return;
+    }
+    match st.last_token {
+        None => metrics
+            .time_to_first_token_seconds
+            .observe((now - st.arrival).as_secs_f64()),
+        Some(prev) => metrics
+            .inter_token_latency_seconds
+            .observe((now - prev).as_secs_f64()),
+    }
+    st.last_token = Some(now);
+}
+
+/// The request ends: held best_of sequences are ranked, sequences still open end with
+/// `reason`, and the last event carries `finished` and `usage`.
+fn close_request(
+    id: RequestId,
+    mut st: RequestState,
+    reason: FinishReason,
+    now: Instant,
+    metrics: &mut Metrics,
+    events: &mut Vec<Event>,
+) {
+    if st.holds() {
+        let mut held: Vec<Event> = st.seqs.iter_mut().filter_map(|s| s.held.take()).collect();
+        // Highest cumulative logprob first; the sort is stable, so ties keep index order.
+        held.sort_by(|a, b| {
+            let key = |e: &Event| e.cumulative_logprob.unwrap_or(f64::NEG_INFINITY);
+            key(b).total_cmp(&key(a))
+        });
+        held.truncate(st.params.n);
+        for (k, mut e) in held.into_iter().enumerate() {
+            e.index = k as u32;
+            e.finish_reason.get_or_insert(reason);
+            events.push(e);
+        }
+    } else {
+        let num_seqs = st.num_expected.max(st.seqs.len());
+        for i in 0..num_seqs {
+            if st.seqs.get(i).is_none_or(|s| !s.finished) {
+                events.push(Event {
+                    finish_reason: Some(reason),
+                    ..Event::new(id, i as u32)
+                });
+            }
+        }
+    }
+    if events.is_empty() {
+        events.push(Event {
+            finish_reason: Some(reason),
+            ..Event::new(id, 0)
+        });
+    }
+    let completion_tokens = st.seqs.iter().map(|s| s.num_output_tokens).sum();
+    let last = events.last_mut().expect("at least one event");
+    last.finished = true;
+    last.usage = Some(Usage {
+        prompt_tokens: st.num_prompt_tokens,
+        completion_tokens,
+        cached_prompt_tokens: st.num_cached_tokens,
+    });
+    metrics
+        .e2e_request_latency_seconds
+        .observe((now - st.arrival).as_secs_f64());
+    metrics.prompt_tokens += st.num_prompt_tokens as u64;
+    match reason {
+        FinishReason::Abort => metrics.requests_aborted += 1,
+        _ => metrics.requests_finished += 1,
+    }
+    if !st.prompt_logprobs.is_empty() {
+        events[0].prompt_logprobs = std::mem::take(&mut st.prompt_logprobs);
     }
 }

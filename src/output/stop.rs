@@ -4,6 +4,7 @@
 //! text, so that a stop string arriving over several deltas is caught before any of it
 //! is emitted. Only a short window of recent text is kept, never the whole output.
 
+#[derive(Clone)]
 pub struct StopChecker {
     stop: Vec<String>,
     include: bool,

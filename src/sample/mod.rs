@@ -1,8 +1,10 @@
 //! Turning logits into tokens.
 
+pub mod logprobs;
 pub mod params;
 pub mod processors;
 pub mod sampler;
 
-pub use params::SamplingParams;
+pub use logprobs::{Logprob, TokenLogprobs};
+pub use params::{LogprobsMode, SamplingParams};
 pub use sampler::Sampler;

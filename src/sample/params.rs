@@ -50,7 +50,70 @@ pub struct SamplingParams {
     pub spaces_between_special_tokens: bool,
     /// Produce text at all (token ids only when false).
     pub detokenize: bool,
+    /// Return, per generated token, its logprob and rank plus the `k` most likely tokens
+    /// (0..=20; -1: the whole vocabulary). None: no logprobs.
+    pub logprobs: Option<i32>,
+    /// The same for every prompt token after the first.
+    pub prompt_logprobs: Option<i32>,
+    /// Which distribution logprobs describe.
+    pub logprobs_mode: LogprobsMode,
+    /// Sequences returned for this prompt.
+    pub n: usize,
+    /// Sequences generated (>= n); the `n` with the highest cumulative logprob are
+    /// returned. None: `n`.
+    pub best_of: Option<usize>,
+    /// Beam search with this many beams (0: off). Uses `max_tokens`, `ignore_eos` and
+    /// `length_penalty`; returns `n` (<= beam_width) best beams.
+    pub beam_width: usize,
+    /// Beam score = cumulative logprob / (sequence length ^ length_penalty).
+    pub length_penalty: f32,
 }
+
+/// vLLM's `logprobs_mode`: raw (model output) or processed (after logit processors,
+/// penalties and temperature), as logprobs or as logits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogprobsMode {
+    #[default]
+    RawLogprobs,
+    RawLogits,
+    ProcessedLogprobs,
+    ProcessedLogits,
+}
+
+impl LogprobsMode {
+    pub fn parse(s: &str) -> Result<LogprobsMode> {
+        Ok(match s {
+            "raw_logprobs" => LogprobsMode::RawLogprobs,
+            "raw_logits" => LogprobsMode::RawLogits,
+            "processed_logprobs" => LogprobsMode::ProcessedLogprobs,
+            "processed_logits" => LogprobsMode::ProcessedLogits,
+            other => {
+                return Err(Error::InvalidRequest(format!(
+                    "`logprobs_mode` must be raw_logprobs, raw_logits, processed_logprobs or processed_logits, got {other:?}"
+                )))
+            }
+        })
+    }
+
+    pub fn is_processed(self) -> bool {
+        matches!(
+            self,
+            LogprobsMode::ProcessedLogprobs | LogprobsMode::ProcessedLogits
+        )
+    }
+
+    pub fn is_logits(self) -> bool {
+        matches!(
+            self,
+            LogprobsMode::RawLogits | LogprobsMode::ProcessedLogits
+        )
+    }
+}
+
+/// Largest `logprobs`/`prompt_logprobs` other than -1 (as vLLM's default max_logprobs).
+pub const MAX_LOGPROBS: i32 = 20;
+/// Largest `n`, `best_of` and `beam_width`.
+pub const MAX_SEQUENCES: usize = 256;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -76,6 +139,13 @@ impl Default for SamplingParams {
             skip_special_tokens: true,
             spaces_between_special_tokens: true,
             detokenize: true,
+            logprobs: None,
+            prompt_logprobs: None,
+            logprobs_mode: LogprobsMode::RawLogprobs,
+            n: 1,
+            best_of: None,
+            beam_width: 0,
+            length_penalty: 1.0,
         }
     }
 }
@@ -157,7 +227,72 @@ impl SamplingParams {
                 self.min_tokens, self.max_tokens
             ));
         }
+        for (name, v) in [
+            ("logprobs", self.logprobs),
+            ("prompt_logprobs", self.prompt_logprobs),
+        ] {
+            if let Some(k) = v.filter(|k| !(-1..=MAX_LOGPROBS).contains(k)) {
+                return bad(format!(
+                    "{name} must be -1 (whole vocabulary) or in 0..={MAX_LOGPROBS}, got {k}"
+                ));
+            }
+        }
+        self.validate_sequences()
+    }
+
+    /// n, best_of and beam search.
+    fn validate_sequences(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::InvalidRequest(msg));
+        if !(1..=MAX_SEQUENCES).contains(&self.n) {
+            return bad(format!("n must be in 1..={MAX_SEQUENCES}, got {}", self.n));
+        }
+        if let Some(b) = self.best_of {
+            if b < self.n || b > MAX_SEQUENCES {
+                return bad(format!(
+                    "best_of must be in n..={MAX_SEQUENCES} (n = {}), got {b}",
+                    self.n
+                ));
+            }
+        }
+        if !self.length_penalty.is_finite() {
+            return bad(format!(
+                "length_penalty must be a finite number, got {}",
+                self.length_penalty
+            ));
+        }
+        if self.beam_width > 0 {
+            if self.beam_width > MAX_SEQUENCES {
+                return bad(format!(
+                    "beam_width must be in 1..={MAX_SEQUENCES}, got {}",
+                    self.beam_width
+                ));
+            }
+            if self.n > self.beam_width {
+                return bad(format!(
+                    "n ({}) must not exceed beam_width ({})",
+                    self.n, self.beam_width
+                ));
+            }
+            if self.best_of.is_some_and(|b| b != self.n) {
+                return bad("best_of cannot be combined with beam search".into());
+            }
+        }
         Ok(())
+    }
+
+    /// Sequences generated for the prompt (best_of, or n).
+    pub fn num_sequences(&self) -> usize {
+        self.best_of.unwrap_or(self.n).max(self.n)
+    }
+
+    pub fn is_beam_search(&self) -> bool {
+        self.beam_width > 0
+    }
+
+    /// Whether the runner must compute the sampled token's logprob (for `logprobs`, or the
+    /// cumulative logprob that ranks best_of candidates).
+    pub fn needs_sample_logprob(&self) -> bool {
+        self.logprobs.is_some() || self.num_sequences() > self.n
     }
 
     /// Checks the token ids the fields name against a vocabulary of `vocab_size` tokens
@@ -289,6 +424,23 @@ impl SamplingParams {
                 "skip_special_tokens" => p.skip_special_tokens = boolean()?,
                 "detokenize" => p.detokenize = boolean()?,
                 "stop_token_ids" => p.stop_token_ids = id_list(k, val)?,
+                "logprobs" => p.logprobs = logprobs_k(k, val)?,
+                "prompt_logprobs" => p.prompt_logprobs = logprobs_k(k, val)?,
+                "logprobs_mode" => {
+                    let s = val
+                        .as_str()
+                        .ok_or_else(|| bad("`logprobs_mode` must be a string".into()))?;
+                    p.logprobs_mode = LogprobsMode::parse(s)?;
+                }
+                "n" => p.n = uint()?.min(u32::MAX as u64) as usize,
+                "best_of" => {
+                    p.best_of = match val {
+                        Value::Null => None,
+                        _ => Some(uint()?.min(u32::MAX as u64) as usize),
+                    }
+                }
+                "beam_width" => p.beam_width = uint()?.min(u32::MAX as u64) as usize,
+                "length_penalty" => p.length_penalty = num()? as f32,
                 other => return Err(bad(format!("unknown field `{other}`"))),
             }
         }
@@ -306,6 +458,16 @@ impl SamplingParams {
             || self.frequency_penalty != 0.0
             || self.repetition_penalty != 1.0
     }
+}
+
+/// `logprobs`/`prompt_logprobs`: null, -1 or a count (range checked by `validate`).
+fn logprobs_k(field: &str, v: &Value) -> Result<Option<i32>> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    v.as_i64()
+        .map(|k| Some(k.clamp(i32::MIN as i64, i32::MAX as i64) as i32))
+        .ok_or_else(|| Error::InvalidRequest(format!("`{field}` must be an integer or null")))
 }
 
 fn id_list(field: &str, v: &Value) -> Result<Vec<u32>> {

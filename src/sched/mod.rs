@@ -1,5 +1,6 @@
 //! Scheduling: requests, the token-budget scheduler and the plain data it passes on.
 
+pub mod beam;
 pub mod output;
 pub mod request;
 pub mod scheduler;

@@ -1,7 +1,7 @@
 //! Plain data passed between the scheduler, the model runner and the output stage.
 
 use super::request::{FinishReason, RequestId};
-use crate::sample::SamplingParams;
+use crate::sample::{SamplingParams, TokenLogprobs};
 use std::sync::Arc;
 
 /// One request's share of a step.
@@ -21,8 +21,16 @@ pub struct ScheduledRequest {
     pub num_prompt_tokens: usize,
     pub params: Arc<SamplingParams>,
     pub return_prompt_logits: bool,
-    /// The prompt, when the repetition penalty needs it (shared, not copied per step).
-    pub penalty_prompt_token_ids: Option<Arc<[u32]>>,
+    /// The prompt, when the repetition penalty or prompt logprobs need it (shared, not
+    /// copied per step).
+    pub prompt_token_ids: Option<Arc<[u32]>>,
+    /// Which of its request's sequences this is (0 for the first); seeds derive from it.
+    pub seq_index: u32,
+    /// n/best_of: the sequences to fork from this one's first sampled row, each sampling
+    /// its own first token there: (sequence id, sequence index).
+    pub fork_children: Vec<(RequestId, u32)>,
+    /// Beam search: report this many most likely next tokens instead of sampling.
+    pub beam_candidates: usize,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -48,8 +56,24 @@ impl SchedulerOutput {
 pub struct SampledTokens {
     pub request_id: RequestId,
     pub token_ids: Vec<u32>,
+    /// One per sampled token when the request needs logprobs (or the cumulative logprob).
+    pub logprobs: Vec<TokenLogprobs>,
     /// Logits of the prompt positions computed this step, `n x vocab` (when asked).
     pub prompt_logits: Vec<f32>,
+    /// Logprobs of the prompt tokens whose predicting rows were computed this step.
+    pub prompt_logprobs: Vec<TokenLogprobs>,
+    /// First tokens of the sequences forked from this one (`fork_children` order).
+    pub forked: Vec<ForkedSample>,
+    /// Beam search: the most likely next tokens (in `top`), most likely first.
+    pub beam_candidates: Option<TokenLogprobs>,
+}
+
+/// The first token of a forked sequence.
+#[derive(Clone, Debug, Default)]
+pub struct ForkedSample {
+    pub seq_id: RequestId,
+    pub token_id: u32,
+    pub logprobs: Option<TokenLogprobs>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -57,10 +81,15 @@ pub struct ModelRunnerOutput {
     pub outputs: Vec<SampledTokens>,
 }
 
-/// What the engine core hands to the output stage for one request after a step.
-#[derive(Clone, Debug)]
+/// What the engine core hands to the output stage for one sequence after a step.
+#[derive(Clone, Debug, Default)]
 pub struct EngineCoreOutput {
+    /// The request's id as its submitter knows it.
     pub request_id: RequestId,
+    /// The sequence's own id inside the core (equals `request_id` for sequence 0).
+    pub seq_id: RequestId,
+    /// Which of the request's sequences (n, best_of, beams) this is.
+    pub seq_index: u32,
     pub new_token_ids: Vec<u32>,
     pub finish_reason: Option<FinishReason>,
     /// The stop token that finished it, if any.
@@ -68,4 +97,12 @@ pub struct EngineCoreOutput {
     pub num_prompt_tokens: usize,
     pub num_cached_tokens: usize,
     pub prompt_logits: Vec<f32>,
+    /// Per new token, when the request needs logprobs.
+    pub logprobs: Vec<TokenLogprobs>,
+    pub prompt_logprobs: Vec<TokenLogprobs>,
+    /// Beam search: the finished beam's cumulative logprob (the output stage sums it
+    /// from `logprobs` otherwise).
+    pub cumulative_logprob: Option<f64>,
+    /// This sequence finished and no other sequence of the request remains.
+    pub request_finished: bool,
 }

@@ -61,8 +61,15 @@ pub struct Request {
     pub num_preemptions: u32,
     /// Return the logits of every prompt position (computed even past prefix-cache hits).
     pub return_prompt_logits: bool,
-    /// The prompt, kept for the runner when the repetition penalty needs it.
-    pub penalty_prompt_token_ids: Option<Arc<[u32]>>,
+    /// The prompt, kept for the runner when the repetition penalty or prompt logprobs
+    /// need it.
+    pub shared_prompt_token_ids: Option<Arc<[u32]>>,
+    /// The id the submitter knows (the first sequence's id).
+    pub external_id: RequestId,
+    /// Which of the request's sequences this is.
+    pub seq_index: u32,
+    /// n/best_of: sequences to fork at the first sample (id, index); emptied then.
+    pub pending_forks: Vec<(RequestId, u32)>,
 }
 
 impl Request {
@@ -76,8 +83,9 @@ impl Request {
         extra_keys: ExtraKeys,
         return_prompt_logits: bool,
     ) -> Self {
-        let penalty_prompt_token_ids =
-            (params.repetition_penalty != 1.0).then(|| Arc::from(prompt_token_ids.as_slice()));
+        let shared_prompt_token_ids = (params.repetition_penalty != 1.0
+            || params.prompt_logprobs.is_some())
+        .then(|| Arc::from(prompt_token_ids.as_slice()));
         Request {
             request_id,
             num_prompt_tokens: prompt_token_ids.len(),
@@ -93,8 +101,52 @@ impl Request {
             extra_keys,
             num_preemptions: 0,
             return_prompt_logits,
-            penalty_prompt_token_ids,
+            shared_prompt_token_ids,
+            external_id: request_id,
+            seq_index: 0,
+            pending_forks: vec![],
         }
+    }
+
+    /// A sequence forked from `self`: its first `keep` tokens (whose KV the caller shares
+    /// with it) followed by `next_token`, not computed yet.
+    pub fn fork(
+        &self,
+        seq_id: RequestId,
+        seq_index: u32,
+        keep: usize,
+        next_token: u32,
+        block_size: usize,
+    ) -> Request {
+        let mut all_token_ids = self.all_token_ids[..keep].to_vec();
+        all_token_ids.push(next_token);
+        let num_hashed = (keep / block_size).min(self.block_hashes.len());
+        Request {
+            request_id: seq_id,
+            num_prompt_tokens: self.num_prompt_tokens,
+            all_token_ids,
+            num_computed_tokens: keep,
+            num_cached_tokens: self.num_cached_tokens,
+            params: self.params.clone(),
+            priority: self.priority,
+            arrival_order: self.arrival_order,
+            arrival_time: self.arrival_time,
+            status: RequestStatus::Running,
+            block_hashes: self.block_hashes[..num_hashed].to_vec(),
+            extra_keys: self.extra_keys.clone(),
+            num_preemptions: 0,
+            return_prompt_logits: false,
+            shared_prompt_token_ids: self.shared_prompt_token_ids.clone(),
+            external_id: self.external_id,
+            seq_index,
+            pending_forks: vec![],
+        }
+    }
+
+    /// Prompt logits or logprobs are returned: every prompt row is computed (a prefix-cache
+    /// hit is not taken) and multi-step does not apply until the prompt is done.
+    pub fn computes_prompt_rows(&self) -> bool {
+        self.return_prompt_logits || self.params.prompt_logprobs.is_some()
     }
 
     pub fn num_tokens(&self) -> usize {

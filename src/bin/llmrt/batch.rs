@@ -147,8 +147,8 @@ fn parse_line(engine: &Engine, line: &str) -> llmrt::Result<(Value, CoreRequest)
     ))
 }
 
-/// A submitted line: its engine request id and prompt, or why it was refused.
-type Submitted = Result<(u64, Vec<u32>), String>;
+/// A submitted line: its engine request id, prompt and wants, or why it was refused.
+type Submitted = Result<(u64, Vec<u32>, Wants), String>;
 
 pub fn run(args: BatchArgs) -> llmrt::Result<()> {
     let text =
@@ -163,10 +163,16 @@ pub fn run(args: BatchArgs) -> llmrt::Result<()> {
     {
         let submitted = parse_line(&engine, line).and_then(|(id, req)| {
             let prompt = req.prompt_token_ids.clone();
-            Ok((id, engine.add_request(req)?, prompt))
+            let p = &req.params;
+            let wants = Wants {
+                logprobs: p.logprobs.is_some(),
+                prompt_logprobs: p.prompt_logprobs.is_some(),
+                sequences: p.n > 1 || p.is_beam_search(),
+            };
+            Ok((id, engine.add_request(req)?, prompt, wants))
         });
         rows.push(match submitted {
-            Ok((id, rid, prompt)) => (id, Ok((rid, prompt))),
+            Ok((id, rid, prompt, wants)) => (id, Ok((rid, prompt, wants))),
             Err(e) => (json!(null), Err(format!("line {}: {e}", n + 1))),
         });
     }
@@ -184,7 +190,7 @@ pub fn run(args: BatchArgs) -> llmrt::Result<()> {
     for (id, r) in rows {
         let line = match r {
             Err(msg) => json!({"id": id, "error": msg}),
-            Ok((rid, prompt)) => result_json(id, &prompt, &events[&rid]),
+            Ok((rid, prompt, wants)) => result_json(id, &prompt, wants, &events[&rid]),
         };
         writeln!(out, "{line}").map_err(|e| llmrt::Error::io(&args.output, e))?;
     }
@@ -193,30 +199,49 @@ pub fn run(args: BatchArgs) -> llmrt::Result<()> {
     Ok(())
 }
 
-fn result_json(id: Value, prompt: &[u32], events: &[Event]) -> Value {
-    let token_ids: Vec<u32> = events
-        .iter()
-        .flat_map(|e| e.token_ids.iter().copied())
-        .collect();
-    let text: String = events.iter().map(|e| e.text.as_str()).collect();
+/// What a line asked to get back.
+#[derive(Clone, Copy)]
+struct Wants {
+    logprobs: bool,
+    prompt_logprobs: bool,
+    /// n > 1 or beam search: one object per sequence under `outputs`.
+    sequences: bool,
+}
+
+fn result_json(id: Value, prompt: &[u32], wants: Wants, events: &[Event]) -> Value {
+    let seqs = crate::outjson::sequences_from_events(events);
     let last = events.last().expect("a final event");
     let usage = last.usage.unwrap_or_default();
-    json!({
+    let first = crate::outjson::sequence_json(&seqs[0], wants.logprobs);
+    let mut v = json!({
         "id": id,
         "prompt_token_ids": prompt,
-        "token_ids": token_ids,
-        "text": text,
-        "finish_reason": last.finish_reason.map(|r| r.as_str()),
-        // As vLLM: the stop string, or the stop token id, that ended the request.
-        "stop_reason": match (&last.stop_string, last.stop_token_id) {
-            (Some(s), _) => json!(s),
-            (None, Some(t)) => json!(t),
-            (None, None) => Value::Null,
-        },
+        "token_ids": first["token_ids"],
+        "text": first["text"],
+        "finish_reason": first["finish_reason"],
+        "stop_reason": first["stop_reason"],
         "usage": {
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
             "cached_prompt_tokens": usage.cached_prompt_tokens,
         },
-    })
+    });
+    if wants.logprobs {
+        v["logprobs"] = first["logprobs"].clone();
+        v["cumulative_logprob"] = first["cumulative_logprob"].clone();
+    }
+    if wants.prompt_logprobs {
+        let list: Vec<_> = events
+            .iter()
+            .flat_map(|e| e.prompt_logprobs.clone())
+            .collect();
+        v["prompt_logprobs"] = crate::outjson::prompt_logprobs_json(&list);
+    }
+    if wants.sequences {
+        v["outputs"] = seqs
+            .iter()
+            .map(|s| crate::outjson::sequence_json(s, wants.logprobs))
+            .collect();
+    }
+    v
 }

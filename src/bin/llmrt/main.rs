@@ -2,6 +2,7 @@
 
 mod batch;
 mod bench;
+mod outjson;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use llmrt::output::IncrementalDetokenizer;
@@ -63,6 +64,28 @@ struct GenerateArgs {
     /// Keep generating after end-of-sequence tokens.
     #[arg(long)]
     ignore_eos: bool,
+    /// Return the top K logprobs of every generated token (-1: the whole vocabulary;
+    /// shown with --output json).
+    #[arg(long, allow_negative_numbers = true)]
+    logprobs: Option<i32>,
+    /// Return the top K logprobs of every prompt token after the first.
+    #[arg(long, allow_negative_numbers = true)]
+    prompt_logprobs: Option<i32>,
+    /// raw_logprobs, raw_logits, processed_logprobs or processed_logits.
+    #[arg(long, default_value = "raw_logprobs")]
+    logprobs_mode: String,
+    /// Sequences to return.
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+    /// Sequences to generate; the n with the highest cumulative logprob are returned.
+    #[arg(long)]
+    best_of: Option<usize>,
+    /// Beam search with this many beams (returns the n best).
+    #[arg(long, default_value_t = 0)]
+    beam_width: usize,
+    /// Beam score = cumulative logprob / length^length_penalty.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    length_penalty: f32,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     output: OutputFormat,
     /// Worker threads (0: one per core).
@@ -150,8 +173,17 @@ fn generate(args: GenerateArgs) -> llmrt::Result<()> {
         seed: args.seed,
         max_tokens: args.max_tokens,
         ignore_eos: args.ignore_eos,
+        logprobs: args.logprobs,
+        prompt_logprobs: args.prompt_logprobs,
+        logprobs_mode: llmrt::LogprobsMode::parse(&args.logprobs_mode)?,
+        n: args.n,
+        best_of: args.best_of,
+        beam_width: args.beam_width,
+        length_penalty: args.length_penalty,
         ..Default::default()
     };
+    let (want_logprobs, want_prompt_logprobs) = (params.logprobs, params.prompt_logprobs);
+    let want_sequences = params.n > 1 || params.beam_width > 0;
     let request = GenerateRequest {
         prompt_token_ids: ids.clone(),
         params,
@@ -178,12 +210,26 @@ fn generate(args: GenerateArgs) -> llmrt::Result<()> {
         let _ = write!(stdout, "{}", detok.flush(&tokenizer));
         let _ = writeln!(stdout);
     } else {
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "prompt_token_ids": out.prompt_token_ids,
             "token_ids": out.token_ids,
             "text": out.text,
             "finish_reason": out.finish_reason.as_str(),
         });
+        if want_logprobs.is_some() {
+            json["logprobs"] = outjson::logprobs_json(&out.outputs[0].logprobs);
+            json["cumulative_logprob"] = serde_json::json!(out.outputs[0].cumulative_logprob);
+        }
+        if want_prompt_logprobs.is_some() {
+            json["prompt_logprobs"] = outjson::prompt_logprobs_json(&out.prompt_logprobs);
+        }
+        if want_sequences {
+            json["outputs"] = out
+                .outputs
+                .iter()
+                .map(|o| outjson::sequence_json(o, want_logprobs.is_some()))
+                .collect();
+        }
         let _ = writeln!(stdout, "{json}");
     }
     let prefill = t_first.map_or(total, |t| (t - t_start).as_secs_f64());
