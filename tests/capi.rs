@@ -426,3 +426,109 @@ fn misuse_through_the_c_abi_gives_error_codes() {
         llmrt_error_free(ptr::null_mut());
     }
 }
+
+/// Logprobs, prompt logprobs and n > 1 through request JSON and the event accessors.
+#[test]
+fn logprobs_and_sequences_through_the_c_abi() {
+    let expected = read_json(&fixtures().join("models/llama/expected.json"));
+    let prompt = ids(&expected["prompts"][2]["ids"]);
+    let greedy = ids(&expected["greedy_ids"][2]);
+    let engine = new_engine();
+    let req = serde_json::json!({
+        "prompt_token_ids": prompt, "max_tokens": 4, "temperature": 0, "ignore_eos": true,
+        "logprobs": 3, "prompt_logprobs": 2, "n": 2,
+    });
+    let req = std::ffi::CString::new(req.to_string()).unwrap();
+    let mut id = 0;
+    ok(unsafe { llmrt_engine_submit(engine, req.as_ptr(), 9, &mut id) });
+    let mut tokens: Vec<Vec<u32>> = vec![vec![], vec![]];
+    let (mut finals, mut prompt_entries, mut seq_ends) = (0, 0, 0);
+    while finals == 0 {
+        let mut ev = ptr::null_mut();
+        ok(unsafe { llmrt_engine_poll(engine, 8, 1000, &mut ev) });
+        for i in 0..unsafe { llmrt_events_count(ev) } {
+            unsafe {
+                let seq = llmrt_event_index(ev, i) as usize;
+                let mut n = 0;
+                let p = llmrt_event_token_ids(ev, i, &mut n);
+                assert_eq!(llmrt_event_logprobs_count(ev, i), n);
+                for pos in 0..n {
+                    let tok = *p.add(pos);
+                    tokens[seq].push(tok);
+                    let (mut t, mut lp, mut rank) = (0u32, 0f32, 0u32);
+                    assert!(llmrt_event_logprob(ev, i, pos, &mut t, &mut lp, &mut rank));
+                    assert_eq!((t, rank), (tok, 1), "greedy picks the top token");
+                    assert_eq!(llmrt_event_top_logprobs_count(ev, i, pos), 3);
+                    let mut top = 0u32;
+                    assert!(llmrt_event_top_logprob(
+                        ev,
+                        i,
+                        pos,
+                        0,
+                        &mut top,
+                        &mut lp,
+                        ptr::null_mut()
+                    ));
+                    assert_eq!(top, tok);
+                    assert!(!llmrt_event_top_logprob(
+                        ev, i, pos, 3, &mut top, &mut lp, &mut rank
+                    ));
+                }
+                let np = llmrt_event_prompt_logprobs_count(ev, i);
+                for pos in 0..np {
+                    let mut t = 0u32;
+                    let mut lp = 0f32;
+                    assert!(llmrt_event_prompt_logprob(
+                        ev,
+                        i,
+                        pos,
+                        &mut t,
+                        &mut lp,
+                        ptr::null_mut()
+                    ));
+                    assert_eq!(t, prompt[pos + 1]);
+                    assert_eq!(llmrt_event_prompt_top_logprobs_count(ev, i, pos), 2);
+                    let mut best = 0u32;
+                    assert!(llmrt_event_prompt_top_logprob(
+                        ev,
+                        i,
+                        pos,
+                        0,
+                        &mut best,
+                        &mut lp,
+                        ptr::null_mut()
+                    ));
+                    let ref_lp = floats(&expected["prompt_top5"][2]["logprobs"][pos]);
+                    if ref_lp[0] - ref_lp[1] >= 2e-3 {
+                        assert_eq!(best, ids(&expected["prompt_top5"][2]["ids"][pos])[0]);
+                    }
+                }
+                prompt_entries += np;
+                let mut cum = 0.0;
+                assert!(llmrt_event_cumulative_logprob(ev, i, &mut cum));
+                assert!(cum <= 0.0);
+                if llmrt_event_finish_reason(ev, i) != llmrt_reason::LLMRT_FINISH_NONE {
+                    seq_ends += 1;
+                }
+                if llmrt_event_kind(ev, i) == llmrt_kind::LLMRT_EVENT_FINAL {
+                    finals += 1;
+                    let mut c = 0;
+                    assert!(llmrt_event_usage(
+                        ev,
+                        i,
+                        ptr::null_mut(),
+                        &mut c,
+                        ptr::null_mut()
+                    ));
+                    assert_eq!(c, 8, "two sequences of four tokens");
+                }
+            }
+        }
+        unsafe { llmrt_events_free(ev) };
+    }
+    assert_eq!(prompt_entries, prompt.len() - 1, "once, on the first event");
+    assert_eq!(seq_ends, 2, "each sequence ends with its own finish reason");
+    assert_eq!(tokens[0], greedy[..4]);
+    assert_eq!(tokens[1], greedy[..4], "greedy sequences agree");
+    unsafe { llmrt_engine_free(engine) };
+}

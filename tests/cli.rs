@@ -268,3 +268,105 @@ fn bench_prints_one_json_object_with_the_stable_keys() {
         );
     }
 }
+
+/// `--logprobs K` / `--prompt-logprobs K` with `--output json`: K `[token_id, logprob]`
+/// pairs per position, highest first, matching the reference's top-5.
+#[test]
+fn generate_json_carries_logprobs_and_prompt_logprobs() {
+    let dir = fixtures().join("models").join("llama");
+    let expected = read_json(&dir.join("expected.json"));
+    let prompt = ids(&expected["prompts"][2]["ids"]);
+    let list: Vec<String> = prompt.iter().map(|t| t.to_string()).collect();
+    let out = llmrt()
+        .args(["generate", "--model"])
+        .arg(&dir)
+        .args(["--prompt-token-ids", &list.join(","), "--max-tokens", "8"])
+        .args(["--ignore-eos", "--logprobs", "5", "--prompt-logprobs", "5"])
+        .args(["--output", "json", "--threads", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let compare = |ours: &serde_json::Value, reference: &serde_json::Value, t: usize| {
+        let pairs = ours.as_array().unwrap();
+        assert_eq!(pairs.len(), 5);
+        let ref_ids = ids(&reference["ids"][t]);
+        let ref_lp = floats(&reference["logprobs"][t]);
+        if ref_lp[0] - ref_lp[1] >= 2e-3 {
+            assert_eq!(pairs[0][0].as_u64().unwrap() as u32, ref_ids[0]);
+        }
+        for pair in pairs {
+            let id = pair[0].as_u64().unwrap() as u32;
+            if let Some(k) = ref_ids.iter().position(|&r| r == id) {
+                assert!((pair[1].as_f64().unwrap() - ref_lp[k]).abs() < 2e-3);
+            }
+        }
+    };
+    let plp = v["prompt_logprobs"].as_array().unwrap();
+    assert_eq!(plp.len(), prompt.len());
+    assert!(plp[0].is_null());
+    for t in 1..prompt.len() {
+        compare(&plp[t], &expected["prompt_top5"][2], t - 1);
+    }
+    let lp = v["logprobs"].as_array().unwrap();
+    assert_eq!(lp.len(), 8);
+    for (i, step) in lp.iter().enumerate() {
+        compare(step, &expected["greedy_top5"][2], i);
+    }
+}
+
+/// Batch lines asking for n > 1 or beam search get one object per sequence.
+#[test]
+fn batch_lines_carry_sequences_and_logprobs() {
+    let dir = fixtures().join("models").join("llama");
+    let expected = read_json(&dir.join("expected.json"));
+    let tmp = std::env::temp_dir().join(format!("llmrt-batch-seq-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let prompt = &expected["prompts"][2]["ids"];
+    let lines = [
+        serde_json::json!({"prompt_token_ids": prompt,
+            "sampling": {"n": 3, "seed": 4, "max_tokens": 6, "ignore_eos": true, "logprobs": 2}}),
+        serde_json::json!({"prompt_token_ids": prompt,
+            "sampling": {"beam_width": 2, "n": 2, "max_tokens": 5, "ignore_eos": true}}),
+    ];
+    let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(tmp.join("in.jsonl"), input).unwrap();
+    let out = llmrt()
+        .args(["batch", "--model"])
+        .arg(&dir)
+        .args(["--threads", "2", "--input"])
+        .arg(tmp.join("in.jsonl"))
+        .arg("--output")
+        .arg(tmp.join("out.jsonl"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<serde_json::Value> = std::fs::read_to_string(tmp.join("out.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let n = got[0]["outputs"].as_array().unwrap();
+    assert_eq!(n.len(), 3);
+    for (i, o) in n.iter().enumerate() {
+        assert_eq!(o["index"], i);
+        assert_eq!(ids(&o["token_ids"]).len(), 6);
+        assert_eq!(o["logprobs"].as_array().unwrap().len(), 6);
+        assert_eq!(o["logprobs"][0].as_array().unwrap().len(), 2);
+    }
+    assert_eq!(got[0]["token_ids"], n[0]["token_ids"]);
+    assert_eq!(got[0]["usage"]["completion_tokens"], 18);
+    let beams = got[1]["outputs"].as_array().unwrap();
+    assert_eq!(beams.len(), 2);
+    let score = |o: &serde_json::Value| o["cumulative_logprob"].as_f64().unwrap();
+    assert!(score(&beams[0]) >= score(&beams[1]), "best beam first");
+    let _ = std::fs::remove_dir_all(&tmp);
+}

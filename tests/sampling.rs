@@ -522,3 +522,39 @@ fn sampling_fields_through_request_json() {
         }
     }
 }
+
+/// A seeded request samples the same tokens alone and inside a batch of 16 with other
+/// seeded and unseeded requests of different lengths.
+#[test]
+fn seeded_requests_are_batch_independent() {
+    let (mut llm, expected) = load("llama");
+    let base = prompt(&expected, 4);
+    let params = |seed: Option<u64>, max_tokens: usize| SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        top_k: 40,
+        seed,
+        max_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let requests: Vec<GenerateRequest> = (0..16)
+        .map(|i| GenerateRequest {
+            prompt_token_ids: base[..8 + 6 * i].to_vec(),
+            params: params((i % 2 == 0).then_some(1000 + i as u64), 10 + i),
+            return_prompt_logits: false,
+        })
+        .collect();
+    let batched = llm.generate(requests.clone(), |_, _| {}).unwrap();
+    let mut differs = 0;
+    for (i, r) in requests.into_iter().enumerate() {
+        let seeded = r.params.seed.is_some();
+        let alone = llm.generate(vec![r], |_, _| {}).unwrap().remove(0);
+        if seeded {
+            assert_eq!(alone.token_ids, batched[i].token_ids, "seeded request {i}");
+        } else {
+            differs += (alone.token_ids != batched[i].token_ids) as usize;
+        }
+    }
+    assert!(differs > 0, "unseeded requests draw fresh randomness");
+}
