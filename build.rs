@@ -21,6 +21,9 @@ fn main() {
     let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if target_os == "linux" {
         println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libllmrt.so.{ABI_VERSION}");
+        // Export the C API only: rustc also exports upstream crates' `#[no_mangle]`
+        // functions (llguidance's llg_* FFI), which live in archives (rlibs).
+        println!("cargo:rustc-cdylib-link-arg=-Wl,--exclude-libs,ALL");
     }
 
     let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
