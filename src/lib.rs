@@ -12,6 +12,7 @@ pub mod model;
 pub mod runner;
 pub mod sample;
 pub mod sched;
+pub mod structured;
 pub mod tensor;
 
 pub use config::ModelConfig;

@@ -179,7 +179,7 @@ impl ModelRunner {
                     o.prompt_logits.extend_from_slice(r);
                 }
                 if let (Some(k), Some(prompt)) = (s.params.prompt_logprobs, &s.prompt_token_ids) {
-                    if pos + 1 < s.num_prompt_tokens {
+                    if wants_prompt_logprobs(s, pos) {
                         let next = prompt[pos + 1];
                         let lp = self
                             .ctx
@@ -246,11 +246,15 @@ impl ModelRunner {
 /// logprobs are returned, and whether it is the row sampled from.
 fn row_kinds(s: &ScheduledRequest, i: usize) -> (bool, bool) {
     let pos = s.num_computed_tokens + i;
-    let prompt_row = pos < s.num_prompt_tokens
-        && (s.return_prompt_logits
-            || (s.params.prompt_logprobs.is_some() && pos + 1 < s.num_prompt_tokens));
+    let prompt_row =
+        pos < s.num_prompt_tokens && (s.return_prompt_logits || wants_prompt_logprobs(s, pos));
     let sample_row = s.sample && i + 1 == s.token_ids.len();
     (prompt_row, sample_row)
+}
+
+/// Whether the row at `pos` owes prompt logprobs (of prompt token `pos + 1`).
+fn wants_prompt_logprobs(s: &ScheduledRequest, pos: usize) -> bool {
+    s.prompt_logprobs_from.is_some_and(|from| pos >= from) && pos + 1 < s.num_prompt_tokens
 }
 
 /// Everything sampling needs besides the logits: kept apart from the logits buffer so a

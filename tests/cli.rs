@@ -309,8 +309,8 @@ fn generate_json_carries_logprobs_and_prompt_logprobs() {
     let plp = v["prompt_logprobs"].as_array().unwrap();
     assert_eq!(plp.len(), prompt.len());
     assert!(plp[0].is_null());
-    for t in 1..prompt.len() {
-        compare(&plp[t], &expected["prompt_top5"][2], t - 1);
+    for (t, entry) in plp.iter().enumerate().skip(1) {
+        compare(entry, &expected["prompt_top5"][2], t - 1);
     }
     let lp = v["logprobs"].as_array().unwrap();
     assert_eq!(lp.len(), 8);

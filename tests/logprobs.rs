@@ -283,3 +283,30 @@ fn logprobs_out_of_range_are_refused() {
     let err = SamplingParams::from_json(&v).unwrap_err().to_string();
     assert!(err.contains("logprobs_mode"), "{err}");
 }
+
+/// Preempted requests are recomputed; their prompt logprobs are still sent exactly once.
+#[test]
+fn prompt_logprobs_survive_preemption() {
+    let dir = fixtures().join("models").join("llama");
+    let opts = EngineConfig {
+        num_threads: 2,
+        max_model_len: Some(512),
+        block_size: 16,
+        num_kv_blocks: Some(20),
+        long_prefill_token_threshold: 32,
+        matmul_precision: MatmulPrecision::Exact,
+        ..Default::default()
+    };
+    let mut llm = Llm::load(&dir, opts).unwrap();
+    let expected = read_json(&dir.join("expected.json"));
+    let reqs = prompts(&expected)
+        .into_iter()
+        .map(|p| request(p, 32, Some(6), Some(6)))
+        .collect();
+    let outs = llm.generate(reqs, |_, _| {}).unwrap();
+    assert!(
+        llm.stats().num_preemptions > 0,
+        "the small cache forces preemption"
+    );
+    check_outputs("llama", &expected, "preempted", &outs);
+}

@@ -1,6 +1,7 @@
 //! Turning generated token ids into user-facing events and text.
 
 pub mod detokenizer;
+pub mod parsers;
 pub mod processor;
 pub mod stop;
 

@@ -21,6 +21,8 @@ pub struct ScheduledRequest {
     pub num_prompt_tokens: usize,
     pub params: Arc<SamplingParams>,
     pub return_prompt_logits: bool,
+    /// Prompt logprobs are owed for the rows of positions from here on (None: none).
+    pub prompt_logprobs_from: Option<usize>,
     /// The prompt, when the repetition penalty or prompt logprobs need it (shared, not
     /// copied per step).
     pub prompt_token_ids: Option<Arc<[u32]>>,

@@ -70,6 +70,9 @@ pub struct Request {
     pub seq_index: u32,
     /// n/best_of: sequences to fork at the first sample (id, index); emptied then.
     pub pending_forks: Vec<(RequestId, u32)>,
+    /// With prompt logprobs: the first prompt position whose logprobs are still owed (a
+    /// recomputation after preemption does not send them again). None: not asked.
+    pub prompt_logprobs_from: Option<usize>,
 }
 
 impl Request {
@@ -83,6 +86,7 @@ impl Request {
         extra_keys: ExtraKeys,
         return_prompt_logits: bool,
     ) -> Self {
+        let params_prompt_logprobs = params.prompt_logprobs.is_some();
         let shared_prompt_token_ids = (params.repetition_penalty != 1.0
             || params.prompt_logprobs.is_some())
         .then(|| Arc::from(prompt_token_ids.as_slice()));
@@ -105,6 +109,7 @@ impl Request {
             external_id: request_id,
             seq_index: 0,
             pending_forks: vec![],
+            prompt_logprobs_from: params_prompt_logprobs.then_some(0),
         }
     }
 
@@ -140,13 +145,17 @@ impl Request {
             external_id: self.external_id,
             seq_index,
             pending_forks: vec![],
+            prompt_logprobs_from: None,
         }
     }
 
     /// Prompt logits or logprobs are returned: every prompt row is computed (a prefix-cache
     /// hit is not taken) and multi-step does not apply until the prompt is done.
     pub fn computes_prompt_rows(&self) -> bool {
-        self.return_prompt_logits || self.params.prompt_logprobs.is_some()
+        self.return_prompt_logits
+            || self
+                .prompt_logprobs_from
+                .is_some_and(|p| p + 1 < self.num_prompt_tokens)
     }
 
     pub fn num_tokens(&self) -> usize {

@@ -448,6 +448,7 @@ impl Scheduler {
             num_prompt_tokens: req.num_prompt_tokens,
             params: req.params.clone(),
             return_prompt_logits: req.return_prompt_logits,
+            prompt_logprobs_from: req.prompt_logprobs_from,
             prompt_token_ids: req.shared_prompt_token_ids.clone(),
             seq_index: req.seq_index,
             fork_children: if sample {
@@ -483,6 +484,9 @@ impl Scheduler {
                 continue;
             }
             req.num_computed_tokens = s.num_computed_tokens + s.token_ids.len();
+            if let Some(from) = &mut req.prompt_logprobs_from {
+                *from = (*from).max(req.num_computed_tokens);
+            }
             let mut o = match sampled.get(&s.request_id) {
                 Some(&i) => std::mem::take(&mut result.outputs[i]),
                 None => Default::default(),
