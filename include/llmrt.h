@@ -730,6 +730,26 @@ uint32_t llmrt_event_index(const llmrt_events *events, size_t index);
 const char *llmrt_event_stop_string(const llmrt_events *events, size_t index);
 
 /**
+ * With a `reasoning_parser`: the reasoning text of this event's tokens (the event's text
+ * is then the content only), NUL-terminated UTF-8 owned by the batch; "" when none (and
+ * NULL if out of range).
+ *
+ * Thread-safety: any thread, on a batch not being freed. Never fails.
+ */
+const char *llmrt_event_reasoning_text(const llmrt_events *events, size_t index);
+
+/**
+ * With a `tool_call_parser`: the tool-call pieces found in this event's text (the
+ * event's text keeps what is outside tool calls), as a NUL-terminated JSON array owned by
+ * the batch: `[{"index": 0, "id": "call_...", "name": "f", "arguments": "{\"a\": 1}"}]`.
+ * A call's first piece carries its id and name (null in later pieces); its arguments are
+ * the concatenation of its pieces' `arguments`. NULL when the event has none.
+ *
+ * Thread-safety: any thread, on a batch not being freed. Never fails.
+ */
+const char *llmrt_event_tool_calls_json(const llmrt_events *events, size_t index);
+
+/**
  * The sum of the logprobs of the sequence's tokens so far, when they are computed (the
  * request asked for logprobs, best_of > n or beam search): writes it to `value` (may be
  * NULL) and returns true. Otherwise returns false and writes nothing.

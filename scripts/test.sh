@@ -33,6 +33,12 @@ ln -sfn libllmrt.so.0 "$go_lib/libllmrt.so"
 (cd bindings/go && CGO_CFLAGS="-O2 -g -I$go_root/include" \
     CGO_LDFLAGS="-L$go_lib -Wl,-rpath,$go_lib" go test -count=1 -race ./...)
 
+# The OpenAI-compatible server (bindings/go/cmd/llmrt-server) through the official
+# `openai` Python client on the default model: builds target/llmrt-server against the same
+# target/debug/libllmrt.so, installs pinned `openai` and `jsonschema` into
+# target/openai-venv on the first run, and checks that SIGTERM drains and exits 0.
+bash bindings/go/cmd/llmrt-server/run_openai_tests.sh
+
 # The Java binding (bindings/java, JNI): builds libllmrt_jni.so into target/java/debug
 # beside a libllmrt.so.0 link to the same target/debug/libllmrt.so, then runs its JUnit 5
 # tests with `mvn -q -B test` (java.library.path = that folder) and prints the Surefire

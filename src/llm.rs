@@ -6,6 +6,7 @@ use crate::engine::{CoreRequest, EngineCore};
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::model::{Model, Tokenizer};
+use crate::output::parsers::ToolCall;
 use crate::output::{Event, OutputProcessor};
 use crate::sample::{SamplingParams, TokenLogprobs};
 use crate::sched::{FinishReason, SchedulerStats};
@@ -38,6 +39,10 @@ pub struct CompletionOutput {
     pub cumulative_logprob: Option<f64>,
     /// One per token, when `logprobs` was asked.
     pub logprobs: Vec<TokenLogprobs>,
+    /// With a reasoning parser: the reasoning (`text` holds the content).
+    pub reasoning_content: String,
+    /// With a tool-call parser: the calls found (`text` holds what is outside them).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 #[derive(Clone, Debug)]
@@ -71,11 +76,24 @@ impl RequestOutput {
                 stop_token_id: None,
                 cumulative_logprob: None,
                 logprobs: vec![],
+                reasoning_content: String::new(),
+                tool_calls: vec![],
             });
         }
         let o = &mut self.outputs[i];
         o.token_ids.extend(e.token_ids);
         o.text.push_str(&e.text);
+        o.reasoning_content.push_str(&e.reasoning);
+        for c in e.tool_calls {
+            match o.tool_calls.get_mut(c.index) {
+                Some(call) => call.arguments.push_str(&c.arguments),
+                None => o.tool_calls.push(ToolCall {
+                    id: c.id.unwrap_or_default(),
+                    name: c.name.unwrap_or_default(),
+                    arguments: c.arguments,
+                }),
+            }
+        }
         o.logprobs.extend(e.logprobs);
         if e.cumulative_logprob.is_some() {
             o.cumulative_logprob = e.cumulative_logprob;

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub prefix_cache_queries: u64,
     pub prefix_cache_hits: u64,
     pub num_preemptions: u64,
+    /// Structured-output token masks computed, and the seconds spent on them.
+    pub structured_output_masks: u64,
+    pub structured_output_mask_seconds: f64,
     pub prompt_tokens: u64,
     pub generation_tokens: u64,
     pub requests_finished: u64,
@@ -79,6 +82,8 @@ impl Default for Metrics {
             prefix_cache_queries: 0,
             prefix_cache_hits: 0,
             num_preemptions: 0,
+            structured_output_masks: 0,
+            structured_output_mask_seconds: 0.0,
             prompt_tokens: 0,
             generation_tokens: 0,
             requests_finished: 0,
@@ -107,6 +112,8 @@ impl Metrics {
             "prefix_cache_queries": self.prefix_cache_queries,
             "prefix_cache_hits": self.prefix_cache_hits,
             "num_preemptions": self.num_preemptions,
+            "structured_output_masks": self.structured_output_masks,
+            "structured_output_mask_seconds": self.structured_output_mask_seconds,
             "prompt_tokens": self.prompt_tokens,
             "generation_tokens": self.generation_tokens,
             "requests_finished": self.requests_finished,
@@ -161,6 +168,18 @@ impl Metrics {
             "Requests preempted for lack of KV blocks.",
             "counter",
             self.num_preemptions as f64,
+        );
+        gauge(
+            "structured_output_masks_total",
+            "Structured-output token masks computed.",
+            "counter",
+            self.structured_output_masks as f64,
+        );
+        gauge(
+            "structured_output_mask_seconds_total",
+            "Seconds spent computing and applying structured-output masks.",
+            "counter",
+            self.structured_output_mask_seconds,
         );
         gauge(
             "prompt_tokens_total",

@@ -15,6 +15,7 @@ use crate::sample::sampler::{argmax, RequestRng};
 use crate::sample::{LogprobsMode, Sampler, TokenLogprobs};
 use crate::sched::output::{ForkedSample, SampledTokens, ScheduledRequest};
 use crate::sched::{ModelRunnerOutput, RequestId, SchedulerOutput};
+use crate::structured::Matcher;
 use std::collections::HashMap;
 
 /// Shapes the runner is built for.
@@ -93,12 +94,20 @@ impl ModelRunner {
                 seed: cfg.seed,
                 raw: Vec::new(),
                 processed: Vec::new(),
+                matchers: HashMap::new(),
+                mask_seconds: 0.0,
+                mask_count: 0,
             },
         }
     }
 
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+
+    /// Structured-output masks computed so far and the seconds they took.
+    pub fn mask_stats(&self) -> (u64, f64) {
+        (self.ctx.mask_count, self.ctx.mask_seconds)
     }
 
     pub fn spec(&self) -> &ArchSpec {
@@ -117,9 +126,16 @@ impl ModelRunner {
     }
 
     /// Runs the scheduled step (all `num_steps` of it) and samples.
-    pub fn execute(&mut self, sched: &SchedulerOutput) -> ModelRunnerOutput {
+    pub fn execute(&mut self, sched: &mut SchedulerOutput) -> ModelRunnerOutput {
+        for s in &mut sched.scheduled {
+            if let Some(m) = s.matcher.take() {
+                self.ctx.matchers.insert(s.request_id, m);
+            }
+        }
+        let sched = &*sched;
         for id in &sched.finished_req_ids {
             self.ctx.seqs.remove(id);
+            self.ctx.matchers.remove(id);
         }
         if !sched.blocks_to_copy.is_empty() {
             self.decoder
@@ -274,6 +290,11 @@ struct SampleContext {
     raw: Vec<f32>,
     /// The processed row (processed logprobs).
     processed: Vec<f32>,
+    /// Structured-output constraints handed over and not yet attached to a sequence.
+    matchers: HashMap<RequestId, Matcher>,
+    /// Time spent computing and applying structured-output masks.
+    mask_seconds: f64,
+    mask_count: u64,
 }
 
 impl SampleContext {
@@ -291,14 +312,18 @@ impl SampleContext {
             return;
         }
         let keep_raw = !s.fork_children.is_empty();
+        let mut fork_matcher = None;
         if keep_raw {
             self.raw.clear();
             self.raw.extend_from_slice(row);
+            // Forks start from the constraint's state before the first token.
+            fork_matcher = self.seq(s, s.request_id, s.seq_index).matcher.clone();
         }
         let (tok, lp) = self.sample(s, s.request_id, s.seq_index, row, false);
         o.token_ids.push(tok);
         o.logprobs.extend(lp);
         for &(child, index) in &s.fork_children {
+            self.seq(s, child, index).matcher = fork_matcher.clone();
             row.copy_from_slice(&self.raw);
             let (token_id, logprobs) = self.sample(s, child, index, row, true);
             o.forked.push(ForkedSample {
@@ -307,6 +332,22 @@ impl SampleContext {
                 logprobs,
             });
         }
+    }
+
+    /// The sampling state of sequence `seq_id`, created on first use (seeded from the
+    /// request's seed plus the sequence index, or from the engine seed and the id).
+    fn seq(&mut self, s: &ScheduledRequest, seq_id: RequestId, seq_index: u32) -> &mut SeqState {
+        let p = &s.params;
+        let seed = match p.seed {
+            Some(seed) => seed.wrapping_add(seq_index as u64),
+            None => self.seed ^ seq_id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        };
+        let matchers = &mut self.matchers;
+        self.seqs.entry(seq_id).or_insert_with(|| SeqState {
+            rng: RequestRng::new(seed),
+            hist: SeqHistory::new(p, s.prompt_token_ids.as_deref().unwrap_or(&[])),
+            matcher: matchers.remove(&seq_id),
+        })
     }
 
     /// Applies the processors and penalties to one row of sequence `seq_id`, draws,
@@ -320,14 +361,8 @@ impl SampleContext {
         forked: bool,
     ) -> (u32, Option<TokenLogprobs>) {
         let p = &s.params;
-        let seed = match p.seed {
-            Some(seed) => seed.wrapping_add(seq_index as u64),
-            None => self.seed ^ seq_id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        };
-        let seq = self.seqs.entry(seq_id).or_insert_with(|| SeqState {
-            rng: RequestRng::new(seed),
-            hist: SeqHistory::new(p, s.prompt_token_ids.as_deref().unwrap_or(&[])),
-        });
+        self.seq(s, seq_id, seq_index);
+        let seq = self.seqs.get_mut(&seq_id).expect("created above");
         let want = p.needs_sample_logprob();
         let mode = p.logprobs_mode;
         if want && !mode.is_processed() && !forked {
@@ -336,6 +371,15 @@ impl SampleContext {
         }
         self.processors
             .apply(row, p, &seq.hist, &self.eos_token_ids);
+        if let Some(m) = &mut seq.matcher {
+            let t0 = std::time::Instant::now();
+            if m.apply_to_logits(row).is_err() {
+                // The grammar failed (over its step limits): end the sequence with EOS.
+                only_eos(row, &self.eos_token_ids);
+            }
+            self.mask_seconds += t0.elapsed().as_secs_f64();
+            self.mask_count += 1;
+        }
         if want && mode.is_processed() {
             self.processed.clear();
             let inv_t = if p.is_greedy() {
@@ -347,6 +391,10 @@ impl SampleContext {
         }
         let tok = self.sampler.sample(row, p, &mut seq.rng);
         seq.hist.push(tok);
+        if let Some(m) = &mut seq.matcher {
+            // A rejected token leaves the state unchanged; the next mask still holds.
+            let _ = m.accept_token(tok);
+        }
         if !want {
             return (tok, None);
         }
@@ -364,4 +412,14 @@ impl SampleContext {
 struct SeqState {
     rng: RequestRng,
     hist: SeqHistory,
+    matcher: Option<Matcher>,
+}
+
+/// Leaves only the end-of-sequence tokens drawable.
+fn only_eos(row: &mut [f32], eos_token_ids: &[u32]) {
+    for (i, l) in row.iter_mut().enumerate() {
+        if !eos_token_ids.contains(&(i as u32)) {
+            *l = f32::NEG_INFINITY;
+        }
+    }
 }

@@ -496,8 +496,7 @@ fn compilation_is_bounded() {
     let big = StructuredOutputs::json(json!({"type": "object", "properties": props}));
     let e = small
         .compile(&big)
-        .err()
-        .expect("compiled under a tiny fuel limit")
+        .expect_err("compiled under a tiny fuel limit")
         .to_string();
     assert!(
         e.contains("structured_outputs.json") && e.contains("too big"),

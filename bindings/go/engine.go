@@ -39,13 +39,18 @@ typedef struct {
 	const char *text;
 	size_t text_len;
 	const char *error;
+	const char *stop_string;
 	size_t num_logprobs;
+	size_t num_prompt_logprobs;
 	uint64_t usage[3];
+	double cumulative_logprob;
 	uint32_t stop_token;
+	uint32_t index;
 	int32_t kind;
 	int32_t reason;
 	uint8_t has_usage;
 	uint8_t has_stop;
+	uint8_t has_cumulative_logprob;
 } llmrt_go_event;
 
 static void llmrt_go_read_events(const llmrt_events *ev, llmrt_go_event *out, size_t n) {
@@ -61,7 +66,37 @@ static void llmrt_go_read_events(const llmrt_events *ev, llmrt_go_event *out, si
 		o->has_usage = llmrt_event_usage(ev, i, &o->usage[0], &o->usage[1], &o->usage[2]);
 		o->error = llmrt_event_error_message(ev, i);
 		o->num_logprobs = llmrt_event_logprobs_count(ev, i);
+		o->num_prompt_logprobs = llmrt_event_prompt_logprobs_count(ev, i);
+		o->index = llmrt_event_index(ev, i);
+		o->stop_string = llmrt_event_stop_string(ev, i);
+		o->has_cumulative_logprob = llmrt_event_cumulative_logprob(ev, i, &o->cumulative_logprob);
 	}
+}
+
+// The number of alternatives at entry pos of event i (generated or prompt logprobs).
+static size_t llmrt_go_top_count(const llmrt_events *ev, size_t i, size_t pos, bool prompt) {
+	return prompt ? llmrt_event_prompt_top_logprobs_count(ev, i, pos)
+	              : llmrt_event_top_logprobs_count(ev, i, pos);
+}
+
+// Reads entry pos of event i into the arrays: slot 0 is the token itself, then up to
+// cap - 1 alternatives, in one cgo call. Returns the number of slots written (0: no entry).
+static size_t llmrt_go_read_logprob(const llmrt_events *ev, size_t i, size_t pos, bool prompt,
+                                    uint32_t *ids, float *lps, uint32_t *ranks, size_t cap) {
+	bool ok = prompt ? llmrt_event_prompt_logprob(ev, i, pos, &ids[0], &lps[0], &ranks[0])
+	                 : llmrt_event_logprob(ev, i, pos, &ids[0], &lps[0], &ranks[0]);
+	if (!ok) {
+		return 0;
+	}
+	size_t n = 1;
+	for (size_t k = 0; n < cap; k++, n++) {
+		ok = prompt ? llmrt_event_prompt_top_logprob(ev, i, pos, k, &ids[n], &lps[n], &ranks[n])
+		            : llmrt_event_top_logprob(ev, i, pos, k, &ids[n], &lps[n], &ranks[n]);
+		if (!ok) {
+			break;
+		}
+	}
+	return n;
 }
 
 // The load-progress callback: user_data is a cgo.Handle (an integer, not a Go pointer).
@@ -490,6 +525,7 @@ func copyEvent(evs *C.llmrt_events, i int, ce *C.llmrt_go_event) (Event, uint64)
 	ev := Event{
 		RequestID:    uint64(ce.request_id),
 		Kind:         EventKind(ce.kind),
+		Index:        int(ce.index),
 		FinishReason: FinishReason(ce.reason),
 	}
 	if n := int(ce.num_tokens); n > 0 && ce.tokens != nil {
@@ -503,6 +539,9 @@ func copyEvent(evs *C.llmrt_events, i int, ce *C.llmrt_go_event) (Event, uint64)
 		t := uint32(ce.stop_token)
 		ev.StopTokenID = &t
 	}
+	if ce.stop_string != nil {
+		ev.StopString = C.GoString(ce.stop_string)
+	}
 	if ce.has_usage != 0 {
 		ev.Usage = &Usage{
 			PromptTokens:       uint64(ce.usage[0]),
@@ -513,25 +552,46 @@ func copyEvent(evs *C.llmrt_events, i int, ce *C.llmrt_go_event) (Event, uint64)
 	if ce.error != nil {
 		ev.ErrorMessage = C.GoString(ce.error)
 	}
-	if n := int(ce.num_logprobs); n > 0 {
-		ev.Logprobs = make([]Logprob, 0, n)
-		for p := 0; p < n; p++ {
-			var tok, rank C.uint32_t
-			var lp C.float
-			if !C.llmrt_event_logprob(evs, C.size_t(i), C.size_t(p), &tok, &lp, &rank) {
-				continue
-			}
-			l := Logprob{TokenID: uint32(tok), Logprob: float32(lp), Rank: uint32(rank)}
-			k := int(C.llmrt_event_top_logprobs_count(evs, C.size_t(i), C.size_t(p)))
-			for j := 0; j < k; j++ {
-				if C.llmrt_event_top_logprob(evs, C.size_t(i), C.size_t(p), C.size_t(j), &tok, &lp, &rank) {
-					l.Top = append(l.Top, TopLogprob{TokenID: uint32(tok), Logprob: float32(lp), Rank: uint32(rank)})
-				}
-			}
-			ev.Logprobs = append(ev.Logprobs, l)
-		}
+	if ce.has_cumulative_logprob != 0 {
+		v := float64(ce.cumulative_logprob)
+		ev.CumulativeLogprob = &v
 	}
+	ev.Logprobs = copyLogprobs(evs, i, int(ce.num_logprobs), false)
+	ev.PromptLogprobs = copyLogprobs(evs, i, int(ce.num_prompt_logprobs), true)
 	return ev, uint64(ce.user_tag)
+}
+
+// copyLogprobs copies the n logprob entries of event i: the generated tokens' or, with
+// prompt set, the prompt's. nil when n is 0.
+func copyLogprobs(evs *C.llmrt_events, i, n int, prompt bool) []Logprob {
+	if n == 0 {
+		return nil
+	}
+	out := make([]Logprob, 0, n)
+	var ids []C.uint32_t
+	var lps []C.float
+	var ranks []C.uint32_t
+	for p := 0; p < n; p++ {
+		// Entry 0 of the buffers is the token itself, then its alternatives.
+		k := int(C.llmrt_go_top_count(evs, C.size_t(i), C.size_t(p), C.bool(prompt)))
+		if cap(ids) < k+1 {
+			ids, lps, ranks = make([]C.uint32_t, k+1), make([]C.float, k+1), make([]C.uint32_t, k+1)
+		}
+		got := int(C.llmrt_go_read_logprob(evs, C.size_t(i), C.size_t(p), C.bool(prompt),
+			&ids[0], &lps[0], &ranks[0], C.size_t(k+1)))
+		if got == 0 {
+			continue // no entry at p (not expected: n counts the entries)
+		}
+		l := Logprob{TokenID: uint32(ids[0]), Logprob: float32(lps[0]), Rank: uint32(ranks[0])}
+		if got > 1 {
+			l.Top = make([]TopLogprob, got-1)
+			for j := range l.Top {
+				l.Top[j] = TopLogprob{TokenID: uint32(ids[j+1]), Logprob: float32(lps[j+1]), Rank: uint32(ranks[j+1])}
+			}
+		}
+		out = append(out, l)
+	}
+	return out
 }
 
 // Tokenize turns text into token ids with the engine's tokenizer; addSpecialTokens

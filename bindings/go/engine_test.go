@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -859,4 +860,154 @@ func TestRequestJSON(t *testing.T) {
 			t.Errorf("%+v marshals to %s, want %s", c.req, nb, c.want)
 		}
 	}
+}
+
+// n = 2 under greedy sampling gives two sequences, each transformers' greedy tokens, told
+// apart by Event.Index, each ending with its own finish reason; the final event's usage
+// counts both.
+func TestNGreedySequencesEqual(t *testing.T) {
+	p, want := prompt(t, "len13")
+	params := greedyParams(len(want))
+	params.N = 2
+	res, err := shared.Generate(context.Background(), Request{PromptTokenIDs: p.IDs, SamplingParams: params})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Sequences) != 2 {
+		t.Fatalf("%d sequences, want 2", len(res.Sequences))
+	}
+	for i, s := range res.Sequences {
+		if s.Index != i {
+			t.Errorf("sequence %d has index %d", i, s.Index)
+		}
+		equalIDs(t, fmt.Sprintf("sequence %d", i), s.TokenIDs, want)
+		if s.FinishReason != FinishLength {
+			t.Errorf("sequence %d: finish reason %v, want length", i, s.FinishReason)
+		}
+	}
+	if res.Sequences[0].Text != res.Sequences[1].Text || res.Text != res.Sequences[0].Text {
+		t.Errorf("texts differ: %q, %q (result %q)", res.Sequences[0].Text, res.Sequences[1].Text, res.Text)
+	}
+	if res.Usage.CompletionTokens != uint64(2*len(want)) || res.Usage.PromptTokens != uint64(len(p.IDs)) {
+		t.Errorf("usage %+v, want %d prompt and %d completion tokens", res.Usage, len(p.IDs), 2*len(want))
+	}
+}
+
+// Under greedy sampling each generated token is the most likely one: rank 1 and the first
+// of its top alternatives, which are sorted; the cumulative logprob is their sum.
+func TestLogprobsGreedyTop1(t *testing.T) {
+	p, want := prompt(t, "len13")
+	params := greedyParams(len(want))
+	params.Logprobs = Count(3)
+	ch, err := shared.Submit(context.Background(), Request{PromptTokenIDs: p.IDs, SamplingParams: params})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lps []Logprob
+	var cumulative *float64
+	for ev := range ch {
+		if len(ev.Logprobs) != len(ev.TokenIDs) {
+			t.Fatalf("event with %d tokens and %d logprobs", len(ev.TokenIDs), len(ev.Logprobs))
+		}
+		lps = append(lps, ev.Logprobs...)
+		if ev.CumulativeLogprob != nil {
+			cumulative = ev.CumulativeLogprob
+		}
+	}
+	if len(lps) != len(want) {
+		t.Fatalf("%d logprobs, want %d", len(lps), len(want))
+	}
+	sum := 0.0
+	for i, l := range lps {
+		if l.TokenID != want[i] || l.Rank != 1 || l.Logprob > 0 {
+			t.Errorf("token %d: %+v, want token %d with rank 1", i, l, want[i])
+		}
+		if len(l.Top) != 3 || l.Top[0].TokenID != l.TokenID || l.Top[0].Logprob != l.Logprob {
+			t.Fatalf("token %d: top alternatives %+v, want 3 led by the token", i, l.Top)
+		}
+		for k := 1; k < len(l.Top); k++ {
+			if l.Top[k].Logprob > l.Top[k-1].Logprob || l.Top[k].Rank != uint32(k+1) {
+				t.Errorf("token %d: alternatives out of order: %+v", i, l.Top)
+			}
+		}
+		sum += float64(l.Logprob)
+	}
+	if cumulative == nil || math.Abs(*cumulative-sum) > 1e-3 {
+		t.Errorf("cumulative logprob %v, want the sum %v", cumulative, sum)
+	}
+}
+
+// prompt_logprobs gives one entry per prompt token after the first, on the first event.
+func TestPromptLogprobs(t *testing.T) {
+	p, _ := prompt(t, "len13")
+	params := greedyParams(2)
+	params.PromptLogprobs = Count(2)
+	ch, err := shared.Submit(context.Background(), Request{PromptTokenIDs: p.IDs, SamplingParams: params})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []Logprob
+	for i := 0; ; i++ {
+		ev, ok := <-ch
+		if !ok {
+			break
+		}
+		if i > 0 && len(ev.PromptLogprobs) > 0 {
+			t.Errorf("prompt logprobs on event %d", i)
+		}
+		got = append(got, ev.PromptLogprobs...)
+	}
+	if len(got) != len(p.IDs)-1 {
+		t.Fatalf("%d prompt logprobs, want %d", len(got), len(p.IDs)-1)
+	}
+	for i, l := range got {
+		if l.TokenID != p.IDs[i+1] || l.Rank < 1 || l.Logprob > 0 || len(l.Top) != 2 {
+			t.Errorf("prompt entry %d: %+v, want token %d", i, l, p.IDs[i+1])
+		}
+	}
+}
+
+// A stop string found in the greedy text ends the sequence before it, and the event
+// says which stop string it was.
+func TestStopString(t *testing.T) {
+	p, want := prompt(t, "len13")
+	full, err := shared.Generate(context.Background(), Request{PromptTokenIDs: p.IDs, SamplingParams: greedyParams(len(want))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop, at := asciiWord(full.Text)
+	if stop == "" {
+		t.Skipf("no ASCII word in the greedy text %q", full.Text)
+	}
+	params := greedyParams(len(want))
+	params.Stop = []string{"\x00never", stop}
+	res, err := shared.Generate(context.Background(), Request{PromptTokenIDs: p.IDs, SamplingParams: params})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.FinishReason != FinishStop || res.StopString != stop || res.StopTokenID != nil {
+		t.Errorf("finish %v, stop string %q, stop token %v; want stop by %q", res.FinishReason, res.StopString, res.StopTokenID, stop)
+	}
+	if res.Text != full.Text[:at] {
+		t.Errorf("text %q, want %q (before %q)", res.Text, full.Text[:at], stop)
+	}
+}
+
+// asciiWord finds the first run of two or more ASCII letters after the text's start
+// (a stop string that surely ends the text there), and its byte offset.
+func asciiWord(s string) (string, int) {
+	start := -1
+	for i := 1; i <= len(s); i++ {
+		letter := i < len(s) && (s[i] >= 'a' && s[i] <= 'z' || s[i] >= 'A' && s[i] <= 'Z')
+		switch {
+		case letter && start < 0:
+			start = i
+		case !letter && start >= 0:
+			if i-start >= 2 && strings.Index(s, s[start:i]) == start {
+				return s[start:i], start
+			}
+			start = -1
+		}
+	}
+	return "", 0
 }

@@ -68,13 +68,16 @@ type Usage struct {
 	CachedPromptTokens uint64
 }
 
-// Logprob is the log-probability of one generated token, with the top alternatives when
-// the request asked for them.
+// Logprob is the log-probability of one token (generated, or of the prompt), with the
+// top alternatives when the request asked for them (vLLM's logprobs: k).
 type Logprob struct {
 	TokenID uint32
+	// Logprob is of the distribution the request's logprobs_mode names (by default the
+	// model's raw log-probabilities). It may be -Inf.
 	Logprob float32
 	Rank    uint32 // 1 is the most likely
-	Top     []TopLogprob
+	// Top are the most likely tokens at this position, most likely first.
+	Top []TopLogprob
 }
 
 // TopLogprob is one of the most likely alternatives at a position.
@@ -86,24 +89,40 @@ type TopLogprob struct {
 
 // Event is one event of a request. Its data is owned by Go (copied out of the C event
 // batch); it stays valid forever.
+//
+// A request with one sequence gets token events and then its final event, which carries
+// the finish reason. With n > 1 (or best_of, beam search) every event belongs to the
+// sequence Index; each sequence ends with an event carrying its finish reason (a token
+// event, or the final event for the sequence that ends the request).
 type Event struct {
 	RequestID uint64
 	Kind      EventKind
-	// TokenIDs are the tokens this event adds to the request's output.
+	// Index is the sequence of the request this event belongs to (0..n).
+	Index int
+	// TokenIDs are the tokens this event adds to the sequence's output.
 	TokenIDs []uint32
-	// Text is the text of TokenIDs: whole UTF-8 characters; the texts of a request's
+	// Text is the text of TokenIDs: whole UTF-8 characters; the texts of a sequence's
 	// events concatenate to the decode of all its tokens. Empty when no text was asked.
 	Text string
-	// The fields below are set on the final event only.
+	// FinishReason is set on the event that ends the sequence (FinishNone before).
 	FinishReason FinishReason
-	// StopTokenID is the token that stopped the request (FinishStop by an EOS or stop
+	// StopTokenID is the token that ended the sequence (FinishStop by an EOS or stop
 	// token); nil otherwise.
 	StopTokenID *uint32
-	Usage       *Usage
+	// StopString is the stop string that ended the sequence (FinishStop); "" otherwise.
+	StopString string
+	// Usage is set on the final event only: the whole request's token counts.
+	Usage *Usage
 	// ErrorMessage is why the request failed (FinishError).
 	ErrorMessage string
 	// Logprobs has one entry per token of TokenIDs when the request asked for logprobs.
 	Logprobs []Logprob
+	// CumulativeLogprob is the sum of the sequence's token logprobs so far, when they are
+	// computed (logprobs, best_of > n, beam search); nil otherwise.
+	CumulativeLogprob *float64
+	// PromptLogprobs is set on the request's first event when it asked for
+	// prompt_logprobs: entry i is about prompt token i + 1 (the first has no logprob).
+	PromptLogprobs []Logprob
 }
 
 // Final reports whether this is the request's final event.
@@ -118,16 +137,35 @@ func (e Event) Err() error {
 	return fmt.Errorf("%w: %s", ErrRequestFailed, e.ErrorMessage)
 }
 
-// Result is a whole request's output (Engine.Generate, Collect).
+// Sequence is one generated sequence of a request (Result.Sequences).
+type Sequence struct {
+	Index             int
+	TokenIDs          []uint32
+	Text              string
+	FinishReason      FinishReason
+	StopTokenID       *uint32
+	StopString        string
+	Logprobs          []Logprob
+	CumulativeLogprob *float64
+}
+
+// Result is a whole request's output (Engine.Generate, Collect). Its TokenIDs, Text,
+// FinishReason, StopTokenID, StopString and Logprobs are those of sequence 0, the only
+// one unless the request asked for n > 1; Sequences has every sequence by index.
 type Result struct {
 	RequestID    uint64
 	TokenIDs     []uint32
 	Text         string
 	FinishReason FinishReason
 	StopTokenID  *uint32
+	StopString   string
 	Usage        Usage
 	ErrorMessage string
 	Logprobs     []Logprob
+	// Sequences are the request's sequences, Sequences[i].Index == i.
+	Sequences []Sequence
+	// PromptLogprobs: see Event.PromptLogprobs.
+	PromptLogprobs []Logprob
 	// Events is how many events the request had.
 	Events int
 }
@@ -136,24 +174,44 @@ type Result struct {
 // It returns an error wrapping ErrRequestFailed when the request failed.
 func Collect(events <-chan Event) (*Result, error) {
 	res := &Result{}
-	var text strings.Builder
+	var texts []*strings.Builder
+	failed := false
 	for ev := range events {
 		res.Events++
 		res.RequestID = ev.RequestID
-		res.TokenIDs = append(res.TokenIDs, ev.TokenIDs...)
-		text.WriteString(ev.Text)
-		res.Logprobs = append(res.Logprobs, ev.Logprobs...)
+		res.PromptLogprobs = append(res.PromptLogprobs, ev.PromptLogprobs...)
+		for len(res.Sequences) <= ev.Index {
+			res.Sequences = append(res.Sequences, Sequence{Index: len(res.Sequences)})
+			texts = append(texts, &strings.Builder{})
+		}
+		seq := &res.Sequences[ev.Index]
+		seq.TokenIDs = append(seq.TokenIDs, ev.TokenIDs...)
+		texts[ev.Index].WriteString(ev.Text)
+		seq.Logprobs = append(seq.Logprobs, ev.Logprobs...)
+		if ev.CumulativeLogprob != nil {
+			seq.CumulativeLogprob = ev.CumulativeLogprob
+		}
+		if ev.FinishReason != FinishNone {
+			seq.FinishReason, seq.StopTokenID, seq.StopString = ev.FinishReason, ev.StopTokenID, ev.StopString
+		}
 		if ev.Final() {
-			res.FinishReason = ev.FinishReason
-			res.StopTokenID = ev.StopTokenID
 			if ev.Usage != nil {
 				res.Usage = *ev.Usage
 			}
 			res.ErrorMessage = ev.ErrorMessage
+			failed = ev.FinishReason == FinishError
 		}
 	}
-	res.Text = text.String()
-	if res.FinishReason == FinishError {
+	for i := range res.Sequences {
+		res.Sequences[i].Text = texts[i].String()
+	}
+	if len(res.Sequences) > 0 {
+		s := res.Sequences[0]
+		res.TokenIDs, res.Text, res.Logprobs = s.TokenIDs, s.Text, s.Logprobs
+		res.FinishReason, res.StopTokenID, res.StopString = s.FinishReason, s.StopTokenID, s.StopString
+	}
+	if failed {
+		res.FinishReason = FinishError
 		return res, fmt.Errorf("%w: %s", ErrRequestFailed, res.ErrorMessage)
 	}
 	return res, nil

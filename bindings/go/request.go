@@ -63,7 +63,8 @@ type Chat struct {
 
 // SamplingParams are vLLM's sampling fields. Nil pointers and zero values mean vLLM's
 // defaults: max_tokens 16, temperature 1, top_p 1, top_k off, no seed, min_tokens 0,
-// skip_special_tokens true, detokenize true.
+// n 1, no penalties, no logprobs, skip_special_tokens true, detokenize true. Fields
+// not named here (e.g. logprobs_mode, beam_width) go in Request.Extra.
 type SamplingParams struct {
 	// MaxTokens: 0 is the default (16); negative values are sent and rejected.
 	MaxTokens int `json:"max_tokens,omitempty"`
@@ -71,7 +72,8 @@ type SamplingParams struct {
 	Temperature *float64 `json:"temperature,omitempty"`
 	TopP        *float64 `json:"top_p,omitempty"`
 	// TopK: 0 or -1 is off.
-	TopK int `json:"top_k,omitempty"`
+	TopK int      `json:"top_k,omitempty"`
+	MinP *float64 `json:"min_p,omitempty"`
 	// Seed makes sampling reproducible per request, whatever else runs.
 	Seed              *int64   `json:"seed,omitempty"`
 	MinTokens         int      `json:"min_tokens,omitempty"`
@@ -79,6 +81,28 @@ type SamplingParams struct {
 	StopTokenIDs      []uint32 `json:"stop_token_ids,omitempty"`
 	SkipSpecialTokens *bool    `json:"skip_special_tokens,omitempty"`
 	Detokenize        *bool    `json:"detokenize,omitempty"`
+
+	// Stop strings end a sequence (the text stops before them, or after them with
+	// IncludeStopStrInOutput); Event.StopString says which one did.
+	Stop                   []string `json:"stop,omitempty"`
+	IncludeStopStrInOutput bool     `json:"include_stop_str_in_output,omitempty"`
+
+	// N is the number of sequences to return (0: 1); events carry their Index.
+	N int `json:"n,omitempty"`
+	// BestOf samples that many sequences and returns the N most likely.
+	BestOf int `json:"best_of,omitempty"`
+
+	PresencePenalty   *float64 `json:"presence_penalty,omitempty"`
+	FrequencyPenalty  *float64 `json:"frequency_penalty,omitempty"`
+	RepetitionPenalty *float64 `json:"repetition_penalty,omitempty"`
+	// LogitBias adds a bias to the logits of token ids.
+	LogitBias map[uint32]float64 `json:"logit_bias,omitempty"`
+
+	// Logprobs: nil is none; k records each generated token's logprob and the k most
+	// likely alternatives (0..20, or -1 for the whole vocabulary). See Event.Logprobs.
+	Logprobs *int `json:"logprobs,omitempty"`
+	// PromptLogprobs: the same for the prompt's tokens. See Event.PromptLogprobs.
+	PromptLogprobs *int `json:"prompt_logprobs,omitempty"`
 }
 
 // Request is a generation request, marshalled to the C API's request JSON. Give exactly
@@ -171,6 +195,9 @@ func Float(v float64) *float64 { return &v }
 
 // Int returns a pointer to v, for Seed.
 func Int(v int64) *int64 { return &v }
+
+// Count returns a pointer to v, for the optional counts (Logprobs, PromptLogprobs).
+func Count(v int) *int { return &v }
 
 // Bool returns a pointer to v, for the optional boolean fields.
 func Bool(v bool) *bool { return &v }

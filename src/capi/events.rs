@@ -57,6 +57,10 @@ struct CEvent {
     logprobs: Vec<TokenLogprobs>,
     prompt_logprobs: Vec<TokenLogprobs>,
     cumulative_logprob: Option<f64>,
+    /// NUL-terminated.
+    reasoning: Vec<u8>,
+    /// NUL-terminated JSON array; None when the event has no tool-call pieces.
+    tool_calls: Option<Vec<u8>>,
 }
 
 /// A batch of events from `llmrt_engine_poll`; the caller frees it with
@@ -100,6 +104,10 @@ impl llmrt_events {
                     logprobs: e.logprobs,
                     prompt_logprobs: e.prompt_logprobs,
                     cumulative_logprob: e.cumulative_logprob,
+                    reasoning: nul_terminated(&e.reasoning),
+                    tool_calls: (!e.tool_calls.is_empty()).then(|| {
+                        nul_terminated(&serde_json::to_string(&e.tool_calls).unwrap_or_default())
+                    }),
                 }
             })
             .collect();
@@ -334,6 +342,40 @@ pub unsafe extern "C" fn llmrt_event_stop_string(
     value_guard(std::ptr::null(), || {
         event(events, index)
             .and_then(|e| e.stop_string.as_ref())
+            .map_or(std::ptr::null(), |m| m.as_ptr().cast())
+    })
+}
+
+/// With a `reasoning_parser`: the reasoning text of this event's tokens (the event's text
+/// is then the content only), NUL-terminated UTF-8 owned by the batch; "" when none (and
+/// NULL if out of range).
+///
+/// Thread-safety: any thread, on a batch not being freed. Never fails.
+#[no_mangle]
+pub unsafe extern "C" fn llmrt_event_reasoning_text(
+    events: *const llmrt_events,
+    index: usize,
+) -> *const c_char {
+    value_guard(std::ptr::null(), || {
+        event(events, index).map_or(std::ptr::null(), |e| e.reasoning.as_ptr().cast())
+    })
+}
+
+/// With a `tool_call_parser`: the tool-call pieces found in this event's text (the
+/// event's text keeps what is outside tool calls), as a NUL-terminated JSON array owned by
+/// the batch: `[{"index": 0, "id": "call_...", "name": "f", "arguments": "{\"a\": 1}"}]`.
+/// A call's first piece carries its id and name (null in later pieces); its arguments are
+/// the concatenation of its pieces' `arguments`. NULL when the event has none.
+///
+/// Thread-safety: any thread, on a batch not being freed. Never fails.
+#[no_mangle]
+pub unsafe extern "C" fn llmrt_event_tool_calls_json(
+    events: *const llmrt_events,
+    index: usize,
+) -> *const c_char {
+    value_guard(std::ptr::null(), || {
+        event(events, index)
+            .and_then(|e| e.tool_calls.as_ref())
             .map_or(std::ptr::null(), |m| m.as_ptr().cast())
     })
 }

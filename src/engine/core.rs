@@ -12,6 +12,8 @@ use crate::sample::SamplingParams;
 use crate::sched::{
     EngineCoreOutput, FinishReason, Request, RequestId, Scheduler, SchedulerConfig, SchedulerStats,
 };
+use crate::structured::LazyCompiler;
+use std::sync::Arc;
 
 /// A request as submitted to the core.
 #[derive(Clone, Debug, Default)]
@@ -22,6 +24,9 @@ pub struct CoreRequest {
     /// Isolates this request's prefix-cache blocks from other tenants'.
     pub cache_salt: Option<String>,
     pub return_prompt_logits: bool,
+    /// The compiled `structured_outputs` constraint (compiled by `add_request` when the
+    /// submitter has not done it on its own thread).
+    pub matcher: Option<crate::structured::Matcher>,
 }
 
 /// What a request must fit: checked at submission, on the caller's thread.
@@ -89,6 +94,7 @@ impl Limits {
 }
 
 pub struct EngineCore {
+    structured: Arc<LazyCompiler>,
     scheduler: Scheduler,
     runner: ModelRunner,
     limits: Limits,
@@ -151,7 +157,13 @@ impl EngineCore {
         };
         let vocab_size = mc.vocab_size;
         let runner = ModelRunner::new(spec, model.weights, &runner_cfg, eos_token_ids.clone());
+        let structured = Arc::new(LazyCompiler::new(
+            model.tokenizer.clone_handle(),
+            eos_token_ids.clone(),
+            vocab_size,
+        ));
         let core = EngineCore {
+            structured,
             scheduler: Scheduler::new(sched_cfg, eos_token_ids.clone()),
             runner,
             limits: Limits {
@@ -195,16 +207,25 @@ impl EngineCore {
         self.limits.validate(r)
     }
 
+    /// The compiler of `structured_outputs` constraints, for submitting threads.
+    pub fn structured_compiler(&self) -> Arc<LazyCompiler> {
+        self.structured.clone()
+    }
+
     /// Validates and queues a request under the given id.
     pub fn add_request(&mut self, id: RequestId, r: CoreRequest) -> Result<()> {
         self.validate(&r)?;
+        let matcher = match (&r.params.structured_outputs, r.matcher) {
+            (Some(spec), None) => Some(self.structured.compile(spec)?),
+            (_, m) => m,
+        };
         let extra = ExtraKeys {
             cache_salt: r.cache_salt,
             ..Default::default()
         };
         let arrival = self.next_arrival;
         self.next_arrival += 1;
-        let req = Request::new(
+        let mut req = Request::new(
             id,
             r.prompt_token_ids,
             r.params,
@@ -213,6 +234,7 @@ impl EngineCore {
             extra,
             r.return_prompt_logits,
         );
+        req.matcher = matcher;
         self.scheduler.add_request(req);
         Ok(())
     }
@@ -251,7 +273,12 @@ impl EngineCore {
     }
 
     pub fn stats(&self) -> SchedulerStats {
-        self.scheduler.stats()
+        let (structured_masks, structured_mask_seconds) = self.runner.mask_stats();
+        SchedulerStats {
+            structured_masks,
+            structured_mask_seconds,
+            ..self.scheduler.stats()
+        }
     }
 
     /// One scheduling decision: schedule, run, update. Returns the outputs of the
@@ -263,7 +290,8 @@ impl EngineCore {
             self.scheduler.reclaim_finished_ids(sched);
             return vec![];
         }
-        let mut result = self.runner.execute(&sched);
+        let mut sched = sched;
+        let mut result = self.runner.execute(&mut sched);
         self.scheduler.update_from_output(&sched, &mut result)
     }
 }

@@ -71,6 +71,7 @@ pub struct Engine {
     commands: Mutex<Sender<Command>>,
     next_id: AtomicU64,
     limits: Limits,
+    structured: Arc<crate::structured::LazyCompiler>,
     info: ModelInfo,
     engine_thread: Option<JoinHandle<()>>,
     output_thread: Option<JoinHandle<()>>,
@@ -86,6 +87,7 @@ impl Engine {
     pub fn from_model(model: Model, cfg: EngineConfig) -> Result<Engine> {
         let (core, info) = EngineCore::new(model, cfg)?;
         let limits = core.limits().clone();
+        let structured = core.structured_compiler();
         let shared = Arc::new(Shared {
             events: Mutex::new(VecDeque::new()),
             events_ready: Condvar::new(),
@@ -113,6 +115,7 @@ impl Engine {
             commands: Mutex::new(cmd_tx),
             next_id: AtomicU64::new(0),
             limits,
+            structured,
             info,
             engine_thread: Some(engine_thread),
             output_thread: Some(output_thread),
@@ -142,6 +145,11 @@ impl Engine {
         }
         req.params.update_from_tokenizer(&self.info.tokenizer)?;
         self.limits.validate(&req)?;
+        // Compiled here, on the submitting thread: an invalid schema or grammar is refused
+        // now, and the engine thread never waits for a compilation.
+        if let (Some(spec), None) = (&req.params.structured_outputs, &req.matcher) {
+            req.matcher = Some(self.structured.compile(spec)?);
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.send(Command::Add(id, Box::new(req), Instant::now()))?;
         Ok(id)
@@ -233,6 +241,8 @@ fn update_gauges(metrics: &Mutex<Metrics>, s: SchedulerStats) {
     m.prefix_cache_queries = s.prefix_cache_queries;
     m.prefix_cache_hits = s.prefix_cache_hits;
     m.num_preemptions = s.num_preemptions;
+    m.structured_output_masks = s.structured_masks;
+    m.structured_output_mask_seconds = s.structured_mask_seconds;
 }
 
 fn engine_loop(

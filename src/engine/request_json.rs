@@ -14,7 +14,11 @@
 //! (integer, lower runs first under the priority policy), `cache_salt` (string: isolates the
 //! request's prefix-cache blocks) and vLLM's sampling fields at the top level
 //! (`max_tokens`, `temperature`, `top_p`, `top_k`, `seed`, `ignore_eos`, ... see
-//! `SamplingParams::from_json`). Any other field is an error naming it.
+//! `SamplingParams::from_json`: also `n`, `best_of`, `beam_width`, `length_penalty`,
+//! `logprobs`, `prompt_logprobs`, `logprobs_mode`, `structured_outputs` (`{"json":
+//! schema}`, `{"regex": ..}`, `{"choice": [..]}`, `{"grammar": ..}`, `{"json_object":
+//! true}`), `reasoning_parser` and `tool_call_parser`). Any other field is an error naming
+//! it.
 
 use super::CoreRequest;
 use crate::error::{Error, Result};
@@ -196,6 +200,7 @@ impl RequestParser {
             priority,
             cache_salt,
             return_prompt_logits: false,
+            matcher: None,
         })
     }
 }

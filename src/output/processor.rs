@@ -5,6 +5,7 @@
 //! whatever the engine produced for it after that is discarded.
 
 use super::detokenizer::IncrementalDetokenizer;
+use super::parsers::{ReasoningParser, ToolCallChunk, ToolCallParser};
 use super::stop::StopChecker;
 use crate::metrics::Metrics;
 use crate::model::Tokenizer;
@@ -49,6 +50,13 @@ pub struct Event {
     /// Sum of the sequence's token logprobs so far, when they are computed (logprobs,
     /// best_of, beam search).
     pub cumulative_logprob: Option<f64>,
+    /// With a reasoning parser: the reasoning text of the new tokens (`text` is then the
+    /// content only).
+    pub reasoning: String,
+    /// With a tool-call parser: tool-call pieces found in the new text (`text` keeps what
+    /// is outside tool calls). A call's first piece has its id and name; its arguments
+    /// are the concatenation of its pieces' `arguments`.
+    pub tool_calls: Vec<ToolCallChunk>,
     /// The request's last event.
     pub finished: bool,
     pub usage: Option<Usage>,
@@ -73,6 +81,8 @@ impl Event {
             logprobs: vec![],
             prompt_logprobs: vec![],
             cumulative_logprob: None,
+            reasoning: String::new(),
+            tool_calls: vec![],
             finished: false,
             usage: None,
             error: None,
@@ -90,6 +100,8 @@ struct SeqState {
     finished: bool,
     /// best_of > n: the whole sequence, returned at the end if it ranks.
     held: Option<Event>,
+    reasoning: Option<ReasoningParser>,
+    tools: Option<ToolCallParser>,
 }
 
 struct RequestState {
@@ -170,6 +182,14 @@ impl OutputProcessor {
                     cumulative_logprob: None,
                     finished: false,
                     held: None,
+                    reasoning: params
+                        .reasoning_parser
+                        .as_deref()
+                        .and_then(|n| ReasoningParser::new(n).ok()),
+                    tools: params
+                        .tool_call_parser
+                        .as_deref()
+                        .and_then(|n| ToolCallParser::new(n).ok()),
                 },
                 seqs: Vec::new(),
                 num_expected,
@@ -196,9 +216,12 @@ impl OutputProcessor {
         st.prompt_logprobs.append(&mut o.prompt_logprobs);
         st.num_cached_tokens = o.num_cached_tokens;
         let i = o.seq_index as usize;
-        if st.seqs.len() <= i {
-            let template = st.template.clone();
-            st.seqs.resize(i + 1, template);
+        while st.seqs.len() <= i {
+            let mut seq = st.template.clone();
+            // Distinct tool-call ids per sequence and request.
+            let seed = o.request_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ st.seqs.len() as u64;
+            seq.tools = seq.tools.map(|t| t.with_id_seed(seed));
+            st.seqs.push(seq);
         }
         let mut events = Vec::new();
         if !st.seqs[i].finished {
@@ -299,6 +322,7 @@ fn seq_event(
         e.finish_reason = Some(FinishReason::Stop);
         e.stop_token_id = None;
     }
+    parse_text(seq, &mut e);
     match o.cumulative_logprob {
         Some(c) => seq.cumulative_logprob = Some(c),
         None if !o.logprobs.is_empty() => {
@@ -317,6 +341,34 @@ fn seq_event(
     (!e.token_ids.is_empty() || e.finish_reason.is_some()).then_some(e)
 }
 
+/// Runs the new text through the sequence's reasoning and tool-call parsers (flushing
+/// them when the sequence ends).
+fn parse_text(seq: &mut SeqState, e: &mut Event) {
+    let finishing = e.finish_reason.is_some();
+    let mut text = std::mem::take(&mut e.text);
+    if let Some(r) = &mut seq.reasoning {
+        let mut d = r.push(&text);
+        if finishing {
+            let f = r.finish();
+            d.reasoning.push_str(&f.reasoning);
+            d.content.push_str(&f.content);
+        }
+        e.reasoning = d.reasoning;
+        text = d.content;
+    }
+    if let Some(t) = &mut seq.tools {
+        let mut d = t.push(&text);
+        if finishing {
+            let f = t.finish();
+            d.content.push_str(&f.content);
+            d.tool_calls.extend(f.tool_calls);
+        }
+        e.tool_calls = d.tool_calls;
+        text = d.content;
+    }
+    e.text = text;
+}
+
 /// best_of > n: accumulates a sequence's events into one.
 fn hold(seq: &mut SeqState, e: Event) {
     match &mut seq.held {
@@ -324,6 +376,8 @@ fn hold(seq: &mut SeqState, e: Event) {
         Some(h) => {
             h.token_ids.extend(e.token_ids);
             h.text.push_str(&e.text);
+            h.reasoning.push_str(&e.reasoning);
+            h.tool_calls.extend(e.tool_calls);
             h.logprobs.extend(e.logprobs);
             h.finish_reason = e.finish_reason;
             h.stop_token_id = e.stop_token_id;

@@ -67,6 +67,13 @@ pub struct SamplingParams {
     pub beam_width: usize,
     /// Beam score = cumulative logprob / (sequence length ^ length_penalty).
     pub length_penalty: f32,
+    /// Constrain the output (vLLM's `structured_outputs`: json, regex, choice, grammar,
+    /// json_object); compiled at submission.
+    pub structured_outputs: Option<crate::structured::StructuredOutputs>,
+    /// Split the text into `reasoning` and content (vLLM's reasoning parsers).
+    pub reasoning_parser: Option<String>,
+    /// Parse tool calls out of the text (vLLM's tool-call parsers).
+    pub tool_call_parser: Option<String>,
 }
 
 /// vLLM's `logprobs_mode`: raw (model output) or processed (after logit processors,
@@ -146,6 +153,9 @@ impl Default for SamplingParams {
             best_of: None,
             beam_width: 0,
             length_penalty: 1.0,
+            structured_outputs: None,
+            reasoning_parser: None,
+            tool_call_parser: None,
         }
     }
 }
@@ -237,6 +247,12 @@ impl SamplingParams {
                 ));
             }
         }
+        if let Some(name) = &self.reasoning_parser {
+            crate::output::parsers::ReasoningParser::new(name)?;
+        }
+        if let Some(name) = &self.tool_call_parser {
+            crate::output::parsers::ToolCallParser::new(name)?;
+        }
         self.validate_sequences()
     }
 
@@ -275,6 +291,9 @@ impl SamplingParams {
             }
             if self.best_of.is_some_and(|b| b != self.n) {
                 return bad("best_of cannot be combined with beam search".into());
+            }
+            if self.structured_outputs.is_some() {
+                return bad("structured_outputs cannot be combined with beam search".into());
             }
         }
         Ok(())
@@ -441,6 +460,14 @@ impl SamplingParams {
                 }
                 "beam_width" => p.beam_width = uint()?.min(u32::MAX as u64) as usize,
                 "length_penalty" => p.length_penalty = num()? as f32,
+                "structured_outputs" => {
+                    p.structured_outputs = match val {
+                        Value::Null => None,
+                        _ => Some(crate::structured::StructuredOutputs::from_json(val)?),
+                    }
+                }
+                "reasoning_parser" => p.reasoning_parser = opt_string(k, val)?,
+                "tool_call_parser" => p.tool_call_parser = opt_string(k, val)?,
                 other => return Err(bad(format!("unknown field `{other}`"))),
             }
         }
@@ -457,6 +484,15 @@ impl SamplingParams {
         self.presence_penalty != 0.0
             || self.frequency_penalty != 0.0
             || self.repetition_penalty != 1.0
+    }
+}
+
+/// A string field that may be null.
+fn opt_string(field: &str, v: &Value) -> Result<Option<String>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        _ => Err(Error::InvalidRequest(format!("`{field}` must be a string"))),
     }
 }
 

@@ -33,6 +33,9 @@ pub struct ScheduledRequest {
     pub fork_children: Vec<(RequestId, u32)>,
     /// Beam search: report this many most likely next tokens instead of sampling.
     pub beam_candidates: usize,
+    /// The sequence's structured-output constraint, handed to the runner once (it keeps
+    /// the state from then on).
+    pub matcher: Option<crate::structured::Matcher>,
 }
 
 #[derive(Clone, Debug, Default)]

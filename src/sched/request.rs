@@ -73,6 +73,8 @@ pub struct Request {
     /// With prompt logprobs: the first prompt position whose logprobs are still owed (a
     /// recomputation after preemption does not send them again). None: not asked.
     pub prompt_logprobs_from: Option<usize>,
+    /// The compiled structured-output constraint, until the runner takes it.
+    pub matcher: Option<crate::structured::Matcher>,
 }
 
 impl Request {
@@ -110,6 +112,7 @@ impl Request {
             seq_index: 0,
             pending_forks: vec![],
             prompt_logprobs_from: params_prompt_logprobs.then_some(0),
+            matcher: None,
         }
     }
 
@@ -146,6 +149,7 @@ impl Request {
             seq_index,
             pending_forks: vec![],
             prompt_logprobs_from: None,
+            matcher: None,
         }
     }
 

@@ -51,6 +51,10 @@ pub struct SchedulerStats {
     pub prefix_cache_hits: u64,
     pub num_free_blocks: usize,
     pub num_blocks: usize,
+    /// Structured-output masks computed and their total time (filled by the engine core
+    /// from the runner).
+    pub structured_masks: u64,
+    pub structured_mask_seconds: f64,
 }
 
 pub struct Scheduler {
@@ -175,6 +179,7 @@ impl Scheduler {
             prefix_cache_hits: pc.hits,
             num_free_blocks: self.kv.num_free_blocks(),
             num_blocks: self.kv.num_blocks(),
+            ..Default::default()
         }
     }
 
@@ -359,6 +364,12 @@ impl Scheduler {
                     if let Some(pos) = out.scheduled.iter().position(|s| s.request_id == victim_id)
                     {
                         let s = out.scheduled.remove(pos);
+                        if let Some(m) = s.matcher {
+                            // Not handed over after all: the victim keeps its constraint.
+                            if let Some(r) = self.requests.get_mut(&victim_id) {
+                                r.matcher = Some(m);
+                            }
+                        }
                         budget += s.token_ids.len();
                         out.total_num_scheduled_tokens -= s.token_ids.len();
                     }
@@ -428,7 +439,8 @@ impl Scheduler {
         }
     }
 
-    fn push_scheduled(&self, out: &mut SchedulerOutput, id: RequestId, n: usize, steps: usize) {
+    fn push_scheduled(&mut self, out: &mut SchedulerOutput, id: RequestId, n: usize, steps: usize) {
+        let matcher = self.requests.get_mut(&id).and_then(|r| r.matcher.take());
         let req = &self.requests[&id];
         let start = req.num_computed_tokens;
         let sample = start + n == req.num_tokens();
@@ -457,6 +469,7 @@ impl Scheduler {
                 vec![]
             },
             beam_candidates,
+            matcher,
         });
         out.total_num_scheduled_tokens += n;
     }

@@ -244,6 +244,15 @@ pub struct Matcher {
     eos_after_stop: bool,
 }
 
+impl std::fmt::Debug for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Matcher")
+            .field("vocab_size", &self.vocab_size)
+            .field("terminated", &self.is_terminated())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Matcher {
     fn fail(&self, what: &str, e: impl std::fmt::Display) -> Error {
         Error::InvalidRequest(format!(

@@ -43,3 +43,42 @@ mod vocab;
 pub use gbnf::{gbnf_to_lark, is_gbnf};
 pub use matcher::{apply_bitmask, GrammarCompiler, Matcher, StructuredLimits};
 pub use spec::{OutputConstraint, StructuredOutputs};
+
+use crate::error::{Error, Result};
+use crate::model::Tokenizer;
+use std::sync::OnceLock;
+
+/// An engine's grammar compiler, built on the first constrained request (building the
+/// token trie of a 49k vocabulary takes a few hundred milliseconds) and then shared by
+/// every submitting thread.
+pub struct LazyCompiler {
+    tokenizer: Tokenizer,
+    eos_token_ids: Vec<u32>,
+    vocab_size: usize,
+    compiler: OnceLock<std::result::Result<GrammarCompiler, String>>,
+}
+
+impl LazyCompiler {
+    pub fn new(tokenizer: Tokenizer, eos_token_ids: Vec<u32>, vocab_size: usize) -> Self {
+        LazyCompiler {
+            tokenizer,
+            eos_token_ids,
+            vocab_size,
+            compiler: OnceLock::new(),
+        }
+    }
+
+    /// Compiles a request's constraint; errors name the field and carry the parser's message.
+    pub fn compile(&self, spec: &StructuredOutputs) -> Result<Matcher> {
+        let compiler = self.compiler.get_or_init(|| {
+            GrammarCompiler::new(&self.tokenizer, &self.eos_token_ids, self.vocab_size)
+                .map_err(|e| e.to_string())
+        });
+        match compiler {
+            Ok(c) => c.compile(spec),
+            Err(e) => Err(Error::InvalidRequest(format!(
+                "structured outputs are unavailable for this model: {e}"
+            ))),
+        }
+    }
+}

@@ -66,6 +66,8 @@ pub fn sequences_from_events(events: &[Event]) -> Vec<CompletionOutput> {
                 stop_token_id: None,
                 cumulative_logprob: None,
                 logprobs: vec![],
+                reasoning_content: String::new(),
+                tool_calls: vec![],
             });
         }
         let s = &mut seqs[i];
