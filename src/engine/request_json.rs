@@ -7,7 +7,9 @@
 //! {"messages": [{"role": "user", "content": "hi"}],
 //!  "add_generation_prompt": true,          // default true
 //!  "chat_template_kwargs": {...},          // extra template variables
-//!  "tools": [...]}                         // tool schemas handed to the template
+//!  "tools": [...],                         // tool schemas handed to the template
+//!  "documents": [...],                     // retrieval documents for the template
+//!  "chat_template": "{% for m in ... %}"}  // this request's template instead of the model's
 //! ```
 //!
 //! Exactly one of `prompt`, `prompt_token_ids` and `messages` is given. Beside it: `priority`
@@ -101,12 +103,22 @@ impl RequestParser {
     }
 
     fn render(&self, messages: &Value, chat: &ChatFields) -> Result<String> {
-        self.template()?.render(
-            messages,
-            chat.add_generation_prompt.unwrap_or(true),
-            chat.tools.filter(|t| !t.is_null()),
-            chat.kwargs,
-        )
+        let mut extra = chat.kwargs.cloned().unwrap_or_default();
+        if let Some(d) = chat.documents {
+            extra.insert("documents".into(), d.clone());
+        }
+        let add_generation_prompt = chat.add_generation_prompt.unwrap_or(true);
+        let tools = chat.tools.filter(|t| !t.is_null());
+        match chat.template {
+            // The request's own template, compiled for this request only.
+            Some(source) => {
+                ChatTemplate::new(source, self.bos_token.as_deref(), self.eos_token.as_deref())?
+                    .render(messages, add_generation_prompt, tools, Some(&extra))
+            }
+            None => self
+                .template()?
+                .render(messages, add_generation_prompt, tools, Some(&extra)),
+        }
     }
 
     /// Parses one request (see the module documentation). Prompts are tokenized here, so
@@ -175,6 +187,8 @@ impl RequestParser {
                 ),
                 ("chat_template_kwargs", chat.kwargs.is_some()),
                 ("tools", chat.tools.is_some()),
+                ("documents", chat.documents.is_some()),
+                ("chat_template", chat.template.is_some()),
             ] {
                 if set {
                     return Err(Error::InvalidRequest(format!(
@@ -212,6 +226,10 @@ struct ChatFields<'a> {
     add_generation_prompt: Option<bool>,
     kwargs: Option<&'a Map<String, Value>>,
     tools: Option<&'a Value>,
+    /// Retrieval documents handed to the template as `documents`.
+    documents: Option<&'a Value>,
+    /// A template for this request instead of the model's.
+    template: Option<&'a str>,
 }
 
 impl<'a> ChatFields<'a> {
@@ -249,6 +267,18 @@ impl<'a> ChatFields<'a> {
                     return Err(bad("`tools` must be a list of tool schemas"));
                 }
                 self.tools = Some(val);
+            }
+            "documents" => {
+                if !(val.is_array() || val.is_null()) {
+                    return Err(bad("`documents` must be a list of documents"));
+                }
+                self.documents = Some(val).filter(|d| !d.is_null());
+            }
+            "chat_template" => {
+                self.template =
+                    Some(val.as_str().ok_or_else(|| {
+                        bad("`chat_template` must be a string (a Jinja template)")
+                    })?)
             }
             _ => return Ok(false),
         }
@@ -415,6 +445,31 @@ mod tests {
                 other => panic!("{other:?}"),
             };
         assert!(m.contains("`x`"));
+    }
+
+    #[test]
+    fn a_request_may_bring_its_template_and_documents() {
+        let (_, p) = setup();
+        let msgs = json!([{"role": "user", "content": "hi"}]);
+        let own = "{% for d in documents %}[{{ d.title }}]{% endfor %}{% for m in messages %}{{ m.role }}:{{ m.content }}{% endfor %}";
+        let text = p
+            .render_chat(&json!({"messages": msgs, "chat_template": own,
+                                 "documents": [{"title": "a"}, {"title": "b"}]}))
+            .unwrap();
+        assert_eq!(text, "[a][b]user:hi");
+        let model_default = p.render_chat(&json!({"messages": msgs})).unwrap();
+        assert_ne!(model_default, text, "the model's template otherwise");
+        let m = match p.render_chat(&json!({"messages": msgs, "chat_template": "{% if %}"})) {
+            Err(e) => e.to_string(),
+            Ok(t) => panic!("rendered {t:?}"),
+        };
+        assert!(!m.is_empty());
+        for (field, v) in [("documents", json!(3)), ("chat_template", json!(1))] {
+            let mut req = json!({"messages": msgs});
+            req[field] = v;
+            let m = p.render_chat(&req).unwrap_err().to_string();
+            assert!(m.contains(field), "{m}");
+        }
     }
 
     #[test]
