@@ -40,6 +40,8 @@ typedef struct {
 	size_t text_len;
 	const char *error;
 	const char *stop_string;
+	const char *reasoning;
+	const char *tool_calls;
 	size_t num_logprobs;
 	size_t num_prompt_logprobs;
 	uint64_t usage[3];
@@ -69,6 +71,8 @@ static void llmrt_go_read_events(const llmrt_events *ev, llmrt_go_event *out, si
 		o->num_prompt_logprobs = llmrt_event_prompt_logprobs_count(ev, i);
 		o->index = llmrt_event_index(ev, i);
 		o->stop_string = llmrt_event_stop_string(ev, i);
+		o->reasoning = llmrt_event_reasoning_text(ev, i);
+		o->tool_calls = llmrt_event_tool_calls_json(ev, i);
 		o->has_cumulative_logprob = llmrt_event_cumulative_logprob(ev, i, &o->cumulative_logprob);
 	}
 }
@@ -555,6 +559,12 @@ func copyEvent(evs *C.llmrt_events, i int, ce *C.llmrt_go_event) (Event, uint64)
 	if ce.has_cumulative_logprob != 0 {
 		v := float64(ce.cumulative_logprob)
 		ev.CumulativeLogprob = &v
+	}
+	if ce.reasoning != nil && *ce.reasoning != 0 {
+		ev.Reasoning = C.GoString(ce.reasoning)
+	}
+	if ce.tool_calls != nil {
+		ev.ToolCalls = decodeToolCalls(C.GoString(ce.tool_calls))
 	}
 	ev.Logprobs = copyLogprobs(evs, i, int(ce.num_logprobs), false)
 	ev.PromptLogprobs = copyLogprobs(evs, i, int(ce.num_prompt_logprobs), true)

@@ -846,6 +846,8 @@ func TestRequestJSON(t *testing.T) {
 			`{"cache_salt":"a","priority":-1,"prompt_token_ids":[1,2],"x":1}`},
 		{Request{Messages: []Message{{Role: "user", Content: "hi"}}, AddGenerationPrompt: Bool(false)},
 			`{"add_generation_prompt":false,"messages":[{"content":"hi","role":"user"}]}`},
+		{Request{Prompt: "hi", ReasoningParser: "qwen3", ToolCallParser: "hermes"},
+			`{"prompt":"hi","reasoning_parser":"qwen3","tool_call_parser":"hermes"}`},
 	}
 	for _, c := range cases {
 		b, err := json.Marshal(c.req)

@@ -2,6 +2,7 @@ package llmrt
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -87,6 +88,56 @@ type TopLogprob struct {
 	Rank    uint32
 }
 
+// ToolCallChunk is one piece of a tool call the library's tool_call_parser found in a
+// sequence's output (Event.ToolCalls), in the shape of OpenAI's streamed
+// delta.tool_calls entries. A call's first piece carries its ID and Name; later pieces
+// have them empty and carry more Arguments: a call's arguments are the concatenation of
+// its pieces' Arguments.
+type ToolCallChunk struct {
+	// Index numbers the sequence's calls from 0.
+	Index int `json:"index"`
+	// ID is the call's id ("call_..."); "" except in the call's first piece.
+	ID string `json:"id"`
+	// Name is the function's name; "" except in the call's first piece.
+	Name string `json:"name"`
+	// Arguments is JSON text to append to the call's arguments.
+	Arguments string `json:"arguments"`
+}
+
+// ToolCall is a whole tool call of a sequence (Sequence.ToolCalls): its pieces joined.
+type ToolCall struct {
+	Index int
+	ID    string
+	Name  string
+	// Arguments is the call's arguments, JSON text (an object).
+	Arguments string
+}
+
+// decodeToolCalls reads llmrt_event_tool_calls_json's array (nulls become ""). The
+// library always gives valid JSON; should it not, the pieces are dropped.
+func decodeToolCalls(s string) []ToolCallChunk {
+	var raw []struct {
+		Index     int     `json:"index"`
+		ID        *string `json:"id"`
+		Name      *string `json:"name"`
+		Arguments string  `json:"arguments"`
+	}
+	if json.Unmarshal([]byte(s), &raw) != nil || len(raw) == 0 {
+		return nil
+	}
+	out := make([]ToolCallChunk, len(raw))
+	for i, r := range raw {
+		out[i] = ToolCallChunk{Index: r.Index, Arguments: r.Arguments}
+		if r.ID != nil {
+			out[i].ID = *r.ID
+		}
+		if r.Name != nil {
+			out[i].Name = *r.Name
+		}
+	}
+	return out
+}
+
 // Event is one event of a request. Its data is owned by Go (copied out of the C event
 // batch); it stays valid forever.
 //
@@ -103,7 +154,17 @@ type Event struct {
 	TokenIDs []uint32
 	// Text is the text of TokenIDs: whole UTF-8 characters; the texts of a sequence's
 	// events concatenate to the decode of all its tokens. Empty when no text was asked.
+	// With a ReasoningParser it is the content only (the reasoning is in Reasoning);
+	// with a ToolCallParser, only the text outside tool calls (the calls are in
+	// ToolCalls). A parser may hold back text that could still become a tag, so an
+	// event's Text need not be its tokens' text then.
 	Text string
+	// Reasoning is the reasoning text of this event (Request.ReasoningParser); "" when
+	// none.
+	Reasoning string
+	// ToolCalls are the tool-call pieces this event adds (Request.ToolCallParser); nil
+	// when none.
+	ToolCalls []ToolCallChunk
 	// FinishReason is set on the event that ends the sequence (FinishNone before).
 	FinishReason FinishReason
 	// StopTokenID is the token that ended the sequence (FinishStop by an EOS or stop
@@ -139,9 +200,14 @@ func (e Event) Err() error {
 
 // Sequence is one generated sequence of a request (Result.Sequences).
 type Sequence struct {
-	Index             int
-	TokenIDs          []uint32
-	Text              string
+	Index    int
+	TokenIDs []uint32
+	// Text is the sequence's text (its content, with an output parser).
+	Text string
+	// Reasoning is the sequence's reasoning text (Request.ReasoningParser).
+	Reasoning string
+	// ToolCalls are the sequence's tool calls by index (Request.ToolCallParser).
+	ToolCalls         []ToolCall
 	FinishReason      FinishReason
 	StopTokenID       *uint32
 	StopString        string
@@ -150,12 +216,15 @@ type Sequence struct {
 }
 
 // Result is a whole request's output (Engine.Generate, Collect). Its TokenIDs, Text,
-// FinishReason, StopTokenID, StopString and Logprobs are those of sequence 0, the only
-// one unless the request asked for n > 1; Sequences has every sequence by index.
+// Reasoning, ToolCalls, FinishReason, StopTokenID, StopString and Logprobs are those of
+// sequence 0, the only one unless the request asked for n > 1; Sequences has every
+// sequence by index.
 type Result struct {
 	RequestID    uint64
 	TokenIDs     []uint32
 	Text         string
+	Reasoning    string
+	ToolCalls    []ToolCall
 	FinishReason FinishReason
 	StopTokenID  *uint32
 	StopString   string
@@ -174,7 +243,7 @@ type Result struct {
 // It returns an error wrapping ErrRequestFailed when the request failed.
 func Collect(events <-chan Event) (*Result, error) {
 	res := &Result{}
-	var texts []*strings.Builder
+	var texts, reasoning []*strings.Builder
 	failed := false
 	for ev := range events {
 		res.Events++
@@ -183,10 +252,13 @@ func Collect(events <-chan Event) (*Result, error) {
 		for len(res.Sequences) <= ev.Index {
 			res.Sequences = append(res.Sequences, Sequence{Index: len(res.Sequences)})
 			texts = append(texts, &strings.Builder{})
+			reasoning = append(reasoning, &strings.Builder{})
 		}
 		seq := &res.Sequences[ev.Index]
 		seq.TokenIDs = append(seq.TokenIDs, ev.TokenIDs...)
 		texts[ev.Index].WriteString(ev.Text)
+		reasoning[ev.Index].WriteString(ev.Reasoning)
+		seq.ToolCalls = AppendToolCalls(seq.ToolCalls, ev.ToolCalls)
 		seq.Logprobs = append(seq.Logprobs, ev.Logprobs...)
 		if ev.CumulativeLogprob != nil {
 			seq.CumulativeLogprob = ev.CumulativeLogprob
@@ -204,10 +276,12 @@ func Collect(events <-chan Event) (*Result, error) {
 	}
 	for i := range res.Sequences {
 		res.Sequences[i].Text = texts[i].String()
+		res.Sequences[i].Reasoning = reasoning[i].String()
 	}
 	if len(res.Sequences) > 0 {
 		s := res.Sequences[0]
 		res.TokenIDs, res.Text, res.Logprobs = s.TokenIDs, s.Text, s.Logprobs
+		res.Reasoning, res.ToolCalls = s.Reasoning, s.ToolCalls
 		res.FinishReason, res.StopTokenID, res.StopString = s.FinishReason, s.StopTokenID, s.StopString
 	}
 	if failed {
@@ -215,6 +289,34 @@ func Collect(events <-chan Event) (*Result, error) {
 		return res, fmt.Errorf("%w: %s", ErrRequestFailed, res.ErrorMessage)
 	}
 	return res, nil
+}
+
+// AppendToolCalls adds a sequence's streamed pieces to its calls so far: a piece with
+// a new index starts a call, the others extend its call's arguments (and fill in an id or
+// name not seen yet). Calls stay ordered by index.
+func AppendToolCalls(calls []ToolCall, pieces []ToolCallChunk) []ToolCall {
+	for _, p := range pieces {
+		k := len(calls) - 1
+		for k >= 0 && calls[k].Index != p.Index {
+			k--
+		}
+		if k < 0 {
+			calls = append(calls, ToolCall{Index: p.Index})
+			k = len(calls) - 1
+			for ; k > 0 && calls[k-1].Index > p.Index; k-- {
+				calls[k], calls[k-1] = calls[k-1], calls[k]
+			}
+		}
+		c := &calls[k]
+		if c.ID == "" {
+			c.ID = p.ID
+		}
+		if c.Name == "" {
+			c.Name = p.Name
+		}
+		c.Arguments += p.Arguments
+	}
+	return calls
 }
 
 // streamBuffer is the capacity of a request's channel. It must be at least 1: a

@@ -127,6 +127,15 @@ type Request struct {
 	// CacheSalt isolates the request's prefix-cache blocks from other tenants'.
 	CacheSalt string
 
+	// ReasoningParser ("deepseek_r1", "qwen3"; "" none) splits the output's reasoning
+	// from its content: Event.Reasoning and Event.Text.
+	ReasoningParser string
+	// ToolCallParser ("hermes", "llama3_json", "llama4_json", "mistral", "pythonic",
+	// "llama4_pythonic"; "" none) finds the tool calls in the output: Event.ToolCalls,
+	// with the text outside them in Event.Text. The library rejects an unknown name
+	// with ErrInvalidRequest.
+	ToolCallParser string
+
 	SamplingParams
 
 	Extra map[string]any
@@ -143,6 +152,8 @@ func (r Request) MarshalJSON() ([]byte, error) {
 		ChatTemplateKwargs  map[string]any  `json:"chat_template_kwargs,omitempty"`
 		Priority            int32           `json:"priority,omitempty"`
 		CacheSalt           string          `json:"cache_salt,omitempty"`
+		ReasoningParser     string          `json:"reasoning_parser,omitempty"`
+		ToolCallParser      string          `json:"tool_call_parser,omitempty"`
 		SamplingParams
 	}
 	w := wire{
@@ -151,6 +162,8 @@ func (r Request) MarshalJSON() ([]byte, error) {
 		ChatTemplateKwargs:  r.ChatTemplateKwargs,
 		Priority:            r.Priority,
 		CacheSalt:           r.CacheSalt,
+		ReasoningParser:     r.ReasoningParser,
+		ToolCallParser:      r.ToolCallParser,
 		SamplingParams:      r.SamplingParams,
 	}
 	// omitempty drops empty slices; the library must see an empty prompt to reject it.

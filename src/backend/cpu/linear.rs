@@ -194,10 +194,12 @@ fn q8_linear_with(acts: &mut Q8Acts, x: &[f32], rows: usize, w: &Weight, out: &m
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let threads = rayon::current_num_threads();
     if rows <= Q8_MAX_ROWS_FOR_DOT {
-        // Few tokens: weight rows in chunks of up to 64 rows, at least 4 chunks a thread.
-        const CHUNK: usize = 64;
+        // Few tokens: weight rows in chunks of up to 512 rows, one chunk a thread for small
+        // matrices (a task costs microseconds: a task per 64 rows made the 49k-row output
+        // projection dispatch-bound).
+        const CHUNK: usize = 512;
         let chunk = n_out
-            .div_ceil(4 * threads)
+            .div_ceil(threads)
             .next_multiple_of(16)
             .clamp(16, CHUNK);
         let xs: [Q8Row; Q8_MAX_ROWS_FOR_DOT] = std::array::from_fn(|t| acts.row(t.min(rows - 1)));

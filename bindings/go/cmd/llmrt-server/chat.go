@@ -75,13 +75,18 @@ func (s *Server) planChat(req *chatRequest) (*chatJob, *generation, *apiError) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := s.chatExtras(req, tools, extra); err != nil {
+	if tools.mode == toolsAuto && !(s.cfg.AutoToolChoice && s.cfg.ToolCallParser != "") {
+		// vLLM's answer, word for word: "auto" is also the default when tools are given.
+		return nil, nil, badRequest("tool_choice", "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set")
+	}
+	if err := chatConstraint(req, tools, extra); err != nil {
 		return nil, nil, err
 	}
 	lr := llmrt.Request{
 		Messages: messages, AddGenerationPrompt: req.AddGenerationPrompt, ChatTemplateKwargs: req.ChatTemplateKwargs,
 		Priority: req.Priority, CacheSalt: req.CacheSalt, SamplingParams: params, Extra: extra,
 	}
+	lr.ReasoningParser, lr.ToolCallParser = s.outputParsers(tools)
 	if len(req.Tools) > 0 {
 		lr.Tools = marshalRaw(req.Tools) // the chat template renders them
 	}
@@ -123,8 +128,9 @@ func chatLogprobsParam(req *chatRequest) (*int, *apiError) {
 	return &k, nil
 }
 
-// chatExtras adds the output constraint and the library's output parsers.
-func (s *Server) chatExtras(req *chatRequest, tools toolPlan, extra map[string]any) *apiError {
+// chatConstraint adds the request's output constraint: response_format or
+// structured_outputs, or the one a forced tool_choice needs.
+func chatConstraint(req *chatRequest, tools toolPlan, extra map[string]any) *apiError {
 	so, err := req.structuredOutputs()
 	if err != nil {
 		return err
@@ -136,16 +142,18 @@ func (s *Server) chatExtras(req *chatRequest, tools toolPlan, extra map[string]a
 		so = tools.schema
 	}
 	withStructuredOutputs(extra, so)
-	// The library's parsers (coming): reasoning_parser splits reasoning from content,
-	// tool_call_parser finds tool calls in "auto" answers. Until the library knows the
-	// fields it rejects them, and the client gets that 400.
-	if s.cfg.ReasoningParser != "" {
-		extra["reasoning_parser"] = s.cfg.ReasoningParser
-	}
-	if s.cfg.ToolCallParser != "" && tools.mode == toolsAuto {
-		extra["tool_call_parser"] = s.cfg.ToolCallParser
-	}
 	return nil
+}
+
+// outputParsers names the library's parsers a chat request asks for: the reasoning
+// parser always (when configured), the tool-call parser under tool_choice auto only
+// ("none" does not parse calls; a forced answer is JSON the server reads itself, as
+// vLLM does).
+func (s *Server) outputParsers(tools toolPlan) (reasoning, toolCalls string) {
+	if tools.mode == toolsAuto {
+		toolCalls = s.cfg.ToolCallParser
+	}
+	return s.cfg.ReasoningParser, toolCalls
 }
 
 // chatMessages converts OpenAI messages to the library's: content parts are joined
@@ -240,20 +248,31 @@ func (j *chatJob) answer(ctx context.Context, w http.ResponseWriter, events <-ch
 	writeJSON(w, resp)
 }
 
-// choice is a finished choice in the non-streamed shape.
+// choice is a finished choice in the non-streamed shape: its content, its reasoning
+// (reasoning_content) and its tool calls, forced or found by the library's parser. The
+// content is null when it is empty beside tool calls or reasoning.
 func (j *chatJob) choice(i int, c *choiceState) chatChoice {
 	text := string(c.text)
 	out := chatChoice{Index: i, Message: chatMessageOut{Role: "assistant", Content: &text}}
-	calls, ok := j.tools.toolCalls(text)
-	if j.tools.forced() && ok {
-		for k := range calls {
-			calls[k].Index = nil // only stream deltas number their calls
-		}
-		out.Message.Content, out.Message.ToolCalls = nil, calls
+	if len(c.reasoning) > 0 {
+		r := string(c.reasoning)
+		out.Message.ReasoningContent = &r
 	}
-	// With the library's reasoning_parser and tool_call_parser (coming), the message
-	// also gets reasoning_content and the tool calls the library parsed.
-	out.FinishReason = j.tools.finishReason(c.finish, ok)
+	gotCalls := false
+	if j.tools.forced() {
+		if calls, ok := j.tools.toolCalls(text); ok {
+			for k := range calls {
+				calls[k].Index = nil // only stream deltas number their calls
+			}
+			out.Message.Content, out.Message.ToolCalls, gotCalls = nil, calls, true
+		}
+	} else if len(c.toolCalls) > 0 {
+		out.Message.ToolCalls, gotCalls = parsedToolCalls(c.toolCalls), true
+	}
+	if text == "" && (gotCalls || out.Message.ReasoningContent != nil) {
+		out.Message.Content = nil
+	}
+	out.FinishReason = j.tools.finishReason(c.finish, gotCalls)
 	if j.logprobs {
 		out.Logprobs = &chatLogprobs{Content: j.s.tokens.chatLogprobsOf(c.logprobs)}
 	}
@@ -278,12 +297,12 @@ func (j *chatJob) stream(ctx context.Context, sse *sseWriter, events <-chan seqE
 			return
 		}
 	}
-	held := make([][]byte, j.numChoices) // forced tool calls' text until complete
+	states := make([]streamChoice, j.numChoices)
 	usage, err := j.s.consume(ctx, events, func(ev seqEvent) error {
 		if ev.choice >= j.numChoices {
 			return nil
 		}
-		return j.streamEvent(ev, &held[ev.choice], send)
+		return j.streamEvent(ev, &states[ev.choice], send)
 	})
 	if err != nil {
 		sse.fail(err)
@@ -299,15 +318,34 @@ func (j *chatJob) stream(ctx context.Context, sse *sseWriter, events <-chan seqE
 	sse.done()
 }
 
-// streamEvent sends one event's delta and, when its sequence ends, the finish chunk.
-func (j *chatJob) streamEvent(ev seqEvent, held *[]byte, send func(chatChunkChoice) error) error {
-	// With the library's parsers (coming), the event's reasoning and tool-call deltas
-	// go into the delta beside its content.
-	if j.tools.forced() {
-		*held = append(*held, ev.Text...)
-	} else if ev.Text != "" || len(ev.Logprobs) > 0 {
+// streamChoice is what a streamed choice remembers between its events.
+type streamChoice struct {
+	// held is a forced tool call's text, sent once complete.
+	held []byte
+	// called: the library's parser found tool calls in this choice.
+	called bool
+}
+
+// streamEvent sends one event's delta (its content, reasoning_content and tool-call
+// pieces, with its logprobs) and, when its sequence ends, the finish chunk.
+func (j *chatJob) streamEvent(ev seqEvent, st *streamChoice, send func(chatChunkChoice) error) error {
+	forced := j.tools.forced()
+	var d chatDelta
+	if ev.Reasoning != "" {
+		r := ev.Reasoning
+		d.ReasoningContent = &r
+	}
+	if len(ev.ToolCalls) > 0 {
+		d.ToolCalls, st.called = toolCallDeltas(ev.ToolCalls), true
+	}
+	if forced {
+		st.held = append(st.held, ev.Text...)
+	} else if ev.Text != "" || (d.ReasoningContent == nil && d.ToolCalls == nil && len(ev.Logprobs) > 0) {
 		text := ev.Text
-		c := chatChunkChoice{Index: ev.choice, Delta: chatDelta{Content: &text}}
+		d.Content = &text
+	}
+	if d.Content != nil || d.ReasoningContent != nil || d.ToolCalls != nil || (j.logprobs && len(ev.Logprobs) > 0) {
+		c := chatChunkChoice{Index: ev.choice, Delta: d}
 		if j.logprobs {
 			c.Logprobs = &chatLogprobs{Content: j.s.tokens.chatLogprobsOf(ev.Logprobs)}
 		}
@@ -318,10 +356,10 @@ func (j *chatJob) streamEvent(ev seqEvent, held *[]byte, send func(chatChunkChoi
 	if ev.FinishReason == llmrt.FinishNone {
 		return nil
 	}
-	gotCalls := false
-	if j.tools.forced() {
+	gotCalls := st.called
+	if forced {
 		var err error
-		if gotCalls, err = j.sendHeld(ev.choice, string(*held), send); err != nil {
+		if gotCalls, err = j.sendHeld(ev.choice, string(st.held), send); err != nil {
 			return err
 		}
 	}

@@ -66,9 +66,9 @@ func libraryError(err error) *apiError {
 
 var (
 	// The library names the offending field in backquotes ("unknown field `x`") or
-	// first ("top_p must be in (0, 1]").
+	// first ("top_p must be in (0, 1]", "structured_outputs.regex: cannot compile ...").
 	quotedField  = regexp.MustCompile("`([a-z_][a-z0-9_.]*)`")
-	leadingField = regexp.MustCompile(`^([a-z_][a-z0-9_.]*) (?:must|is|has)\b`)
+	leadingField = regexp.MustCompile(`^([a-z_][a-z0-9_.]*)(?: (?:must|is|has)\b|: )`)
 )
 
 // paramOf extracts the request field an llmrt error message is about, for the

@@ -122,13 +122,17 @@ func finishReason(r llmrt.FinishReason) string {
 
 // choiceState accumulates one choice of a non-streamed answer.
 type choiceState struct {
-	text     []byte
-	logprobs []llmrt.Logprob
-	finish   llmrt.FinishReason
+	text      []byte
+	reasoning []byte
+	toolCalls []llmrt.ToolCall // found by the library's tool_call_parser
+	logprobs  []llmrt.Logprob
+	finish    llmrt.FinishReason
 }
 
 func (c *choiceState) add(ev seqEvent) {
 	c.text = append(c.text, ev.Text...)
+	c.reasoning = append(c.reasoning, ev.Reasoning...)
+	c.toolCalls = llmrt.AppendToolCalls(c.toolCalls, ev.ToolCalls)
 	c.logprobs = append(c.logprobs, ev.Logprobs...)
 	if ev.FinishReason != llmrt.FinishNone {
 		c.finish = ev.FinishReason

@@ -43,6 +43,7 @@ type options struct {
 	maxRequestBodyBytes                  int64
 	shutdownGracePeriod                  time.Duration
 	reasoningParser, toolCallParser      string
+	enableAutoToolChoice                 bool
 }
 
 // defaultMaxNumSeqs is the library's own default, needed here to size admission.
@@ -70,8 +71,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.maxWaitingRequests, "max-waiting-requests", 256, "requests that may wait beyond --max-num-seqs; more get 503 with Retry-After")
 	fs.Int64Var(&o.maxRequestBodyBytes, "max-request-body-bytes", 8<<20, "largest request body; larger ones get 413")
 	fs.DurationVar(&o.shutdownGracePeriod, "shutdown-grace-period", 30*time.Second, "on SIGTERM/SIGINT, how long running requests may finish before they are aborted")
-	fs.StringVar(&o.reasoningParser, "reasoning-parser", "", "ask the library to split reasoning from content (deepseek_r1, qwen3, ...)")
-	fs.StringVar(&o.toolCallParser, "tool-call-parser", "", "ask the library to parse tool calls of tool_choice auto (hermes, llama3_json, mistral, pythonic)")
+	fs.StringVar(&o.reasoningParser, "reasoning-parser", "", "split chat answers' reasoning (reasoning_content) from their content: deepseek_r1 or qwen3")
+	fs.StringVar(&o.toolCallParser, "tool-call-parser", "", "the format of the model's tool calls, parsed under tool_choice auto: hermes, llama3_json, llama4_json, mistral, pythonic or llama4_pythonic")
+	fs.BoolVar(&o.enableAutoToolChoice, "enable-auto-tool-choice", false, "serve tool_choice auto (the default with tools): the model may call tools, found with --tool-call-parser (required with it)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -83,6 +85,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.maxWaitingRequests < 0 || o.maxRequestBodyBytes < 1 || o.shutdownGracePeriod < 0 {
 		return nil, errors.New("--max-waiting-requests, --max-request-body-bytes and --shutdown-grace-period must not be negative")
+	}
+	if o.enableAutoToolChoice && o.toolCallParser == "" {
+		return nil, errors.New("--enable-auto-tool-choice requires --tool-call-parser")
 	}
 	if o.servedModelName == "" {
 		o.servedModelName = filepath.Base(filepath.Clean(o.model))
@@ -114,6 +119,7 @@ func (o *options) serverConfig() serverConfig {
 		ModelName: o.servedModelName, ModelPath: o.model, APIKey: o.apiKey,
 		MaxInFlight: seqs + o.maxWaitingRequests, MaxBodyBytes: o.maxRequestBodyBytes,
 		ReasoningParser: o.reasoningParser, ToolCallParser: o.toolCallParser,
+		AutoToolChoice: o.enableAutoToolChoice,
 	}
 }
 

@@ -151,10 +151,8 @@ func (f *responseFormat) structuredOutputs() (json.RawMessage, *apiError) {
 	return nil, badRequest("response_format.type", "response_format.type must be text, json_object or json_schema, got %q", f.Type)
 }
 
-// withStructuredOutputs adds the constraint to a request's extra fields.
-//
-// The library learns structured_outputs in a coming version; until then it rejects the
-// field ("unknown field `structured_outputs`") and the client gets that 400.
+// withStructuredOutputs adds the constraint to a request's extra fields (the library
+// validates it: an invalid schema or regex is a 400 naming structured_outputs).
 func withStructuredOutputs(extra map[string]any, so json.RawMessage) {
 	if so != nil {
 		extra["structured_outputs"] = so

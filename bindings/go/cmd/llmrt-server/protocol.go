@@ -175,9 +175,11 @@ type chatChoice struct {
 }
 
 type chatMessageOut struct {
-	Role      string     `json:"role"`
-	Content   *string    `json:"content"` // null when the answer is tool calls
-	ToolCalls []toolCall `json:"tool_calls,omitempty"`
+	Role    string  `json:"role"`
+	Content *string `json:"content"` // null when the answer is tool calls (or reasoning only)
+	// ReasoningContent is the answer's reasoning (--reasoning-parser), as vLLM names it.
+	ReasoningContent *string    `json:"reasoning_content,omitempty"`
+	ToolCalls        []toolCall `json:"tool_calls,omitempty"`
 }
 
 // chatChunk is one chunk of a streamed chat answer (object "chat.completion.chunk").
@@ -198,9 +200,10 @@ type chatChunkChoice struct {
 }
 
 type chatDelta struct {
-	Role      string     `json:"role,omitempty"`
-	Content   *string    `json:"content,omitempty"`
-	ToolCalls []toolCall `json:"tool_calls,omitempty"`
+	Role             string     `json:"role,omitempty"`
+	Content          *string    `json:"content,omitempty"`
+	ReasoningContent *string    `json:"reasoning_content,omitempty"`
+	ToolCalls        []toolCall `json:"tool_calls,omitempty"`
 }
 
 type chatLogprobs struct {

@@ -2,8 +2,10 @@
 # Tests llmrt-server with the official OpenAI Python client: builds the server against
 # target/debug/libllmrt.so (run `cargo build --lib` first), creates target/openai-venv
 # with `openai` and `jsonschema` from PyPI if it is missing, starts the server on a free
-# loopback port with the default model (or $LLMRT_TEST_OPENAI_MODEL) and an API key, runs
-# testdata/test_openai.py, then stops the server with SIGTERM and checks that it exits 0.
+# loopback port with the default model (or $LLMRT_TEST_OPENAI_MODEL), an API key and the
+# output parsers (--reasoning-parser qwen3 --tool-call-parser hermes
+# --enable-auto-tool-choice), runs testdata/test_openai.py, then stops the server with
+# SIGTERM and checks that it exits 0.
 # The server is stopped whatever happens (trap). Its log: target/llmrt-server-test.log.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../../../.." && pwd)"
@@ -32,7 +34,8 @@ log="$root/target/llmrt-server-test.log"
 key="sk-llmrt-test-$RANDOM$RANDOM"
 # --port 0: the kernel picks a free port; the server logs its URL.
 LLMRT_API_KEY="$key" "$root/target/llmrt-server" --model "$model" --host 127.0.0.1 --port 0 \
-    --threads 2 --max-num-seqs 32 --shutdown-grace-period 10s >"$log" 2>&1 &
+    --threads 2 --max-num-seqs 32 --shutdown-grace-period 10s \
+    --reasoning-parser qwen3 --tool-call-parser hermes --enable-auto-tool-choice >"$log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true' EXIT
 

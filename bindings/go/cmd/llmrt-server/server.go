@@ -31,10 +31,15 @@ type serverConfig struct {
 	MaxInFlight int
 	// MaxBodyBytes bounds a request body; larger ones get 413.
 	MaxBodyBytes int64
-	// ReasoningParser and ToolCallParser name the library's output parsers to ask for
-	// ("" none).
+	// ReasoningParser names the library's reasoning parser, asked for on every chat
+	// request ("" none): answers then carry reasoning_content.
 	ReasoningParser string
-	ToolCallParser  string
+	// ToolCallParser names the library's tool-call parser, asked for on chat requests
+	// whose tool_choice is auto ("" none).
+	ToolCallParser string
+	// AutoToolChoice serves tool_choice auto (vLLM's --enable-auto-tool-choice); without
+	// it (or without ToolCallParser), auto with tools is a 400, as in vLLM.
+	AutoToolChoice bool
 }
 
 // Server is the OpenAI-compatible HTTP front of one engine.
@@ -61,6 +66,9 @@ type Server struct {
 func newServer(eng *llmrt.Engine, cfg serverConfig, log *slog.Logger) (*Server, error) {
 	info, err := eng.ModelInfo()
 	if err != nil {
+		return nil, err
+	}
+	if err := checkParsers(eng, cfg); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -256,12 +264,33 @@ func (s *Server) checkModel(name string) *apiError {
 	if name == "" || name == s.cfg.ModelName {
 		return nil
 	}
-	// 404 with code model_not_found, as OpenAI and vLLM answer.
-	e := newAPIError(http.StatusNotFound, "invalid_request_error", "model_not_found",
+	// A bad request (400), with OpenAI's and vLLM's code model_not_found.
+	e := newAPIError(http.StatusBadRequest, "invalid_request_error", "model_not_found",
 		"the model %q does not exist; this server serves %q", name, s.cfg.ModelName)
 	param := "model"
 	e.Param = &param
 	return e
+}
+
+// checkParsers makes the library validate the configured parser names now rather than
+// on every request: it submits a one-token request naming them and aborts it at once.
+func checkParsers(eng *llmrt.Engine, cfg serverConfig) error {
+	if cfg.ReasoningParser == "" && cfg.ToolCallParser == "" {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events, err := eng.Submit(ctx, llmrt.Request{
+		PromptTokenIDs: []uint32{0}, ReasoningParser: cfg.ReasoningParser, ToolCallParser: cfg.ToolCallParser,
+		SamplingParams: llmrt.SamplingParams{MaxTokens: 1},
+	})
+	if err != nil {
+		return fmt.Errorf("--reasoning-parser %q, --tool-call-parser %q: %w", cfg.ReasoningParser, cfg.ToolCallParser, err)
+	}
+	cancel()
+	for range events {
+	}
+	return nil
 }
 
 func (s *Server) card() modelCard {

@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -268,9 +269,10 @@ type chatAnswer struct {
 	Choices []struct {
 		Index   int `json:"index"`
 		Message struct {
-			Role      string     `json:"role"`
-			Content   *string    `json:"content"`
-			ToolCalls []toolCall `json:"tool_calls"`
+			Role             string     `json:"role"`
+			Content          *string    `json:"content"`
+			ReasoningContent *string    `json:"reasoning_content"`
+			ToolCalls        []toolCall `json:"tool_calls"`
 		} `json:"message"`
 		Delta        chatDelta     `json:"delta"`
 		Logprobs     *chatLogprobs `json:"logprobs"`
@@ -594,7 +596,8 @@ func TestBadRequests(t *testing.T) {
 		{"invalid JSON", "/v1/completions", `{"prompt": `, 400, ""},
 		{"not an object", "/v1/chat/completions", `[1, 2]`, 400, ""},
 		{"wrong type", "/v1/completions", `{"prompt": "hi", "temperature": "hot"}`, 400, "temperature"},
-		{"unknown model", "/v1/completions", map[string]any{"model": "gpt-5", "prompt": "hi"}, 404, "model"},
+		{"unknown model", "/v1/completions", map[string]any{"model": "gpt-5", "prompt": "hi"}, 400, "model"},
+		{"unknown model (chat)", "/v1/chat/completions", map[string]any{"model": "gpt-5", "messages": []map[string]string{{"role": "user", "content": "hi"}}}, 400, "model"},
 		{"n = 0", "/v1/completions", map[string]any{"prompt": "hi", "n": 0}, 400, "n"},
 		{"negative max_tokens", "/v1/completions", map[string]any{"prompt": "hi", "max_tokens": -1}, 400, "max_tokens"},
 		{"max_completion_tokens 0", "/v1/chat/completions", map[string]any{"messages": []map[string]string{{"role": "user", "content": "hi"}}, "max_completion_tokens": 0}, 400, "max_completion_tokens"},
@@ -610,8 +613,11 @@ func TestBadRequests(t *testing.T) {
 		{"image content", "/v1/chat/completions", map[string]any{"messages": []map[string]any{{"role": "user", "content": []map[string]any{{"type": "image_url"}}}}}, 400, "messages"},
 		{"top_logprobs without logprobs", "/v1/chat/completions", map[string]any{"messages": []map[string]string{{"role": "user", "content": "hi"}}, "top_logprobs": 2}, 400, "top_logprobs"},
 		{"top_logprobs too many", "/v1/chat/completions", map[string]any{"messages": []map[string]string{{"role": "user", "content": "hi"}}, "logprobs": true, "top_logprobs": 21}, 400, "top_logprobs"},
+		{"auto tool choice without a parser", "/v1/chat/completions", map[string]any{"messages": []map[string]string{{"role": "user", "content": "hi"}}, "tools": []map[string]any{{"type": "function", "function": map[string]string{"name": "f"}}}}, 400, "tool_choice"},
 		{"tool_choice without tools", "/v1/chat/completions", map[string]any{"messages": []map[string]string{{"role": "user", "content": "hi"}}, "tool_choice": "required"}, 400, "tool_choice"},
 		{"response_format type", "/v1/chat/completions", map[string]any{"messages": []map[string]string{{"role": "user", "content": "hi"}}, "response_format": map[string]string{"type": "yaml"}}, 400, "response_format.type"},
+		{"invalid schema", "/v1/chat/completions", map[string]any{"messages": []map[string]string{{"role": "user", "content": "hi"}}, "response_format": map[string]any{"type": "json_schema", "json_schema": map[string]any{"name": "x", "schema": map[string]any{"type": 5}}}}, 400, "structured_outputs.json"},
+		{"invalid regex", "/v1/chat/completions", map[string]any{"messages": []map[string]string{{"role": "user", "content": "hi"}}, "structured_outputs": map[string]string{"regex": "(a"}}, 400, "structured_outputs.regex"},
 		{"body too large", "/v1/completions", long, 413, ""},
 	}
 	p, want := greedy(t, "len4")
@@ -623,6 +629,9 @@ func TestBadRequests(t *testing.T) {
 		}
 		if c.status == 400 && e.Type != "invalid_request_error" {
 			t.Errorf("%s: type %q", c.name, e.Type)
+		}
+		if strings.HasPrefix(c.name, "unknown model") && (e.Code == nil || *e.Code != "model_not_found") {
+			t.Errorf("%s: code %v, want model_not_found", c.name, e.Code)
 		}
 		// Still serving.
 		_, _, b = post(t, baseURL, "/v1/completions", map[string]any{"prompt": p.IDs, "max_tokens": 2, "temperature": 0, "ignore_eos": true})
@@ -926,8 +935,8 @@ func TestShutdownAbortsAfterGrace(t *testing.T) {
 	})
 }
 
-// The structured-output fields map to the library's structured_outputs. Until the
-// library knows the field it answers 400 naming it; afterwards the answer is JSON.
+// The structured-output fields map to the library's structured_outputs, which
+// constrains the answer.
 func TestStructuredOutputsReachTheLibrary(t *testing.T) {
 	p, _ := chatFixture(t)
 	schema := map[string]any{"type": "object", "properties": map[string]any{"a": map[string]string{"type": "integer"}}, "required": []string{"a"}}
@@ -937,20 +946,25 @@ func TestStructuredOutputsReachTheLibrary(t *testing.T) {
 		{"structured_outputs": map[string]any{"choice": []string{"yes", "no"}}},
 		{"guided_regex": "[a-z]+"},
 	}
-	for _, extra := range bodies {
+	valid := []func(string) bool{
+		func(s string) bool { var v struct{ A *int }; return json.Unmarshal([]byte(s), &v) == nil && v.A != nil },
+		func(s string) bool { var v map[string]any; return json.Unmarshal([]byte(s), &v) == nil },
+		func(s string) bool { return s == "yes" || s == "no" },
+		regexp.MustCompile(`^[a-z]+$`).MatchString,
+	}
+	for i, extra := range bodies {
 		body := map[string]any{"messages": p.Messages, "max_tokens": 40, "temperature": 0}
 		for k, v := range extra {
 			body[k] = v
 		}
 		status, _, b := post(t, baseURL, "/v1/chat/completions", body)
-		if status == http.StatusBadRequest {
-			if e := openAIError(t, status, b, 400); !strings.Contains(e.Message, "structured_outputs") {
-				t.Errorf("%v: %s", extra, b)
-			}
-			continue
-		}
 		if status != http.StatusOK {
 			t.Errorf("%v: %d %s", extra, status, b)
+			continue
+		}
+		c := decode[chatAnswer](t, b).Choices[0]
+		if *c.FinishReason == "stop" && !valid[i](*c.Message.Content) {
+			t.Errorf("%v: the answer %q breaks the constraint", extra, *c.Message.Content)
 		}
 	}
 }
@@ -1044,8 +1058,8 @@ func TestPlanTools(t *testing.T) {
 	}
 }
 
-// A forced tool_choice reaches the library as structured_outputs (400 naming it until
-// the library knows the field); the tools are rendered by the chat template either way.
+// A forced tool_choice reaches the library as structured_outputs; the answer is the
+// calls (finish_reason tool_calls) unless max_tokens cuts it short.
 func TestToolChoiceRequired(t *testing.T) {
 	body := map[string]any{
 		"messages":    []map[string]string{{"role": "user", "content": "Weather in Paris?"}},
@@ -1055,11 +1069,8 @@ func TestToolChoiceRequired(t *testing.T) {
 		"temperature": 0,
 	}
 	status, _, b := post(t, baseURL, "/v1/chat/completions", body)
-	if status == http.StatusBadRequest {
-		if e := openAIError(t, status, b, 400); !strings.Contains(e.Message, "structured_outputs") {
-			t.Errorf("tool_choice required: %s", b)
-		}
-		return
+	if status != http.StatusOK {
+		t.Fatalf("status %d: %s", status, b)
 	}
 	a := decode[chatAnswer](t, b)
 	c := a.Choices[0]
@@ -1074,6 +1085,7 @@ func TestParamOf(t *testing.T) {
 		"invalid request: n must be in 1..=256, got 0":                             "n",
 		"invalid request: `top_k` must be an integer":                              "top_k",
 		"invalid request: top_p must be in (0, 1], got 1.5":                        "top_p",
+		"invalid request: structured_outputs.regex: cannot compile the regex: (a":  "structured_outputs.regex",
 		"invalid request: the prompt (600 tokens) is longer than the model allows": "",
 	}
 	for msg, want := range cases {
@@ -1094,7 +1106,12 @@ func TestFlags(t *testing.T) {
 		cfg.MaxNumSeqs != 4 || cfg.EnablePrefixCaching == nil || *cfg.EnablePrefixCaching || cfg.Seed != nil {
 		t.Errorf("options %+v, engine %+v, server %+v", o, cfg, sc)
 	}
-	for _, bad := range [][]string{{}, {"--model", "m", "extra"}, {"--model", "m", "--max-waiting-requests", "-1"}, {"--bogus"}} {
+	o, err = parseFlags([]string{"--model", "m", "--reasoning-parser", "qwen3", "--tool-call-parser", "hermes", "--enable-auto-tool-choice"}, io.Discard)
+	if sc := o.serverConfig(); err != nil || sc.ReasoningParser != "qwen3" || sc.ToolCallParser != "hermes" || !sc.AutoToolChoice {
+		t.Errorf("parsers: %+v, %v", o, err)
+	}
+	for _, bad := range [][]string{{}, {"--model", "m", "extra"}, {"--model", "m", "--max-waiting-requests", "-1"}, {"--bogus"},
+		{"--model", "m", "--enable-auto-tool-choice"}} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {
 			t.Errorf("%v accepted", bad)
 		}

@@ -29,8 +29,8 @@ type toolPlan struct {
 // planTools checks tools and tool_choice and composes the constraint a forced
 // tool_choice needs: "required" makes the answer a JSON list of {"name", "parameters"}
 // objects, one of the tools each; a named function makes it that function's arguments.
-// (When the library's tool_call_parser lands, "auto" answers are parsed by the library
-// instead, see chatJob.)
+// "auto" answers are parsed by the library's tool_call_parser instead (see
+// Server.outputParsers).
 func planTools(tools []tool, rawChoice json.RawMessage, parallel bool) (toolPlan, *apiError) {
 	choice, name, err := parseToolChoice(rawChoice, len(tools) > 0)
 	if err != nil {
@@ -164,12 +164,42 @@ func compactJSON(s string) string {
 // forced reports whether the answer must be tool calls.
 func (p toolPlan) forced() bool { return p.mode == toolsRequired || p.mode == toolsNamed }
 
-// finishReason is OpenAI's finish_reason of a choice: a forced call that completed is
-// "tool_calls" for "required" (a named function's call is "stop", as OpenAI and vLLM
+// finishReason is OpenAI's finish_reason of a choice: "tool_calls" when it made calls,
+// under "auto" or "required" (a named function's call is "stop", as OpenAI and vLLM
 // answer).
 func (p toolPlan) finishReason(r llmrt.FinishReason, gotCalls bool) string {
-	if gotCalls && p.mode == toolsRequired {
+	if gotCalls && p.mode != toolsNamed {
 		return "tool_calls"
 	}
 	return finishReason(r)
+}
+
+// parsedToolCalls gives the calls the library's tool_call_parser found in a whole
+// answer, in the message's shape.
+func parsedToolCalls(calls []llmrt.ToolCall) []toolCall {
+	out := make([]toolCall, len(calls))
+	for i, c := range calls {
+		out[i] = toolCall{ID: c.ID, Type: "function", Function: functionCall{Name: c.Name, Arguments: c.Arguments}}
+	}
+	return out
+}
+
+// toolCallDeltas gives an event's tool-call pieces as delta.tool_calls entries: a
+// call's first entry has its id, type and name, the later ones only arguments to
+// append. Consecutive pieces of one call are merged.
+func toolCallDeltas(pieces []llmrt.ToolCallChunk) []toolCall {
+	var out []toolCall
+	for _, p := range pieces {
+		if n := len(out); n > 0 && *out[n-1].Index == p.Index && p.ID == "" && p.Name == "" {
+			out[n-1].Function.Arguments += p.Arguments
+			continue
+		}
+		index := p.Index
+		tc := toolCall{Index: &index, Function: functionCall{Name: p.Name, Arguments: p.Arguments}}
+		if p.ID != "" {
+			tc.ID, tc.Type = p.ID, "function"
+		}
+		out = append(out, tc)
+	}
+	return out
 }

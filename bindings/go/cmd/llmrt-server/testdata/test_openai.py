@@ -1,12 +1,10 @@
 """llmrt-server through the official `openai` Python client.
 
-Run by run_openai_tests.sh, which starts the server and sets:
+Run by run_openai_tests.sh, which starts the server with --reasoning-parser qwen3
+--tool-call-parser hermes --enable-auto-tool-choice and sets:
   LLMRT_SERVER_URL   the server's base URL, e.g. http://127.0.0.1:8000
   LLMRT_SERVER_MODEL the served model name
   LLMRT_SERVER_KEY   the API key the server requires
-
-The structured-output cases are skipped while the library answers 400 with
-"unknown field `structured_outputs`" (they run once the library knows the field).
 """
 
 import concurrent.futures
@@ -52,7 +50,11 @@ CITY_SCHEMA = {
     "additionalProperties": False,
 }
 
-NOT_YET = "unknown field `structured_outputs`"
+
+
+def extra(obj, name):
+    """A field the OpenAI types do not declare (vLLM's reasoning_content), or None."""
+    return (obj.model_extra or {}).get(name)
 
 
 class Case(unittest.TestCase):
@@ -63,13 +65,8 @@ class Case(unittest.TestCase):
         return client.chat.completions.create(**kw)
 
     def structured(self, **kw):
-        """A chat with an output constraint; skips the test while the library lacks it."""
-        try:
-            return self.chat(**kw)
-        except openai.BadRequestError as e:
-            if NOT_YET in str(e):
-                self.skipTest("the library does not know structured_outputs yet: " + NOT_YET)
-            raise
+        """A chat with an output constraint."""
+        return self.chat(**kw)
 
 
 class Basics(Case):
@@ -158,8 +155,10 @@ class Basics(Case):
         self.assertEqual(e.exception.body.get("param"), "top_p")
         with self.assertRaises(openai.BadRequestError):
             self.chat(max_tokens=-1)
-        with self.assertRaises(openai.NotFoundError):
+        with self.assertRaises(openai.BadRequestError) as e:
             self.chat(model="no-such-model")
+        self.assertEqual(e.exception.code, "model_not_found")
+        self.assertEqual(e.exception.param, "model")
         bad_key = openai.OpenAI(base_url=URL + "/v1", api_key="sk-wrong", max_retries=0)
         with self.assertRaises(openai.AuthenticationError):
             bad_key.models.list()
@@ -236,6 +235,55 @@ class StructuredOutputs(Case):
         self.assertEqual(len(calls), 1)
         self.assertEqual(calls[0].function.name, "get_weather")
         self.assertEqual(json.loads(calls[0].function.arguments), json.loads(whole.choices[0].message.tool_calls[0].function.arguments))
+
+
+WEATHER_CALL = r'<tool_call>\{"name": "get_weather", "arguments": \{"city": "(Paris|London|Tokyo)"\}\}</tool_call>'
+THINK = r"<think>[a-z ]{3,20}</think>[a-z ]{2,20}"
+
+
+class Parsers(Case):
+    """The server runs with --reasoning-parser qwen3 and --tool-call-parser hermes: the
+    model's answer is forced into their formats with a regex, and must come back split."""
+
+    def test_auto_tool_call_streamed(self):
+        kw = dict(
+            messages=[{"role": "user", "content": "What is the weather in Tokyo?"}],
+            tools=[WEATHER_TOOL],
+            tool_choice="auto",
+            max_tokens=64,
+            temperature=1.0,
+            seed=21,
+            extra_body={"structured_outputs": {"regex": WEATHER_CALL}},
+        )
+        whole = self.chat(**kw).choices[0]
+        self.assertEqual(whole.finish_reason, "tool_calls", whole.message)
+        self.assertIsNone(whole.message.content)
+        self.assertEqual(len(whole.message.tool_calls), 1)
+        call = whole.message.tool_calls[0]
+        self.assertEqual((call.type, call.function.name), ("function", "get_weather"))
+        self.assertTrue(call.id.startswith("call_"))
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER_TOOL["function"]["parameters"])
+
+        pieces = [tc for ch in self.chat(stream=True, **kw) if ch.choices for tc in (ch.choices[0].delta.tool_calls or [])]
+        self.assertTrue(pieces)
+        self.assertEqual({p.index for p in pieces}, {0})
+        self.assertTrue(pieces[0].id.startswith("call_"))
+        self.assertEqual((pieces[0].type, pieces[0].function.name), ("function", "get_weather"))
+        self.assertTrue(all(p.id is None and p.function.name is None for p in pieces[1:]))
+        self.assertEqual("".join(p.function.arguments or "" for p in pieces), call.function.arguments)
+
+    def test_reasoning_content(self):
+        kw = dict(temperature=1.0, seed=8, max_tokens=64, extra_body={"structured_outputs": {"regex": THINK}})
+        whole = self.chat(**kw).choices[0]
+        reasoning = extra(whole.message, "reasoning_content")
+        self.assertEqual(whole.finish_reason, "stop", whole.message)
+        self.assertRegex(reasoning, r"^[a-z ]{3,20}$")
+        self.assertRegex(whole.message.content, r"^[a-z ]{2,20}$")
+
+        chunks = [c for c in self.chat(stream=True, **kw) if c.choices]
+        streamed_reasoning = "".join(extra(c.choices[0].delta, "reasoning_content") or "" for c in chunks)
+        streamed_content = "".join(c.choices[0].delta.content or "" for c in chunks)
+        self.assertEqual((streamed_reasoning, streamed_content), (reasoning, whole.message.content))
 
 
 if __name__ == "__main__":
