@@ -18,6 +18,12 @@
 //   ends after the final event; or, given a callback, calls it for each event on the
 //   engine's poller thread. Streams may be consumed from any threads, one thread per
 //   stream at a time. A stream dropped before its final event aborts its request.
+// - `Event` is a value copy of everything the C accessors give for one event: tokens and
+//   text, finish reason, usage, and what the request asked for: the sequence `index` (n > 1,
+//   best_of, beam search), logprobs with their top alternatives, the cumulative logprob,
+//   prompt logprobs, the stop string, reasoning text and tool-call pieces (raw JSON).
+//   `Stream::collect` gathers a request's events per sequence into a `Completion`. Request
+//   fields (`n`, `logprobs`, `stop`, `reasoning_parser`, ...) are the request JSON's.
 // - One internal thread per engine (started by the first `generate`) polls the engine and
 //   routes each event to its request's stream by the user tag it was submitted with.
 //   `Engine::submit`/`Engine::poll` are the raw C calls for hosts that poll themselves
@@ -273,14 +279,20 @@ struct Usage {
     uint64_t cached_prompt_tokens = 0;
 };
 
-/// One alternative at a position (`llmrt_event_top_logprob`).
+/// One alternative at a position (`llmrt_event_top_logprob`,
+/// `llmrt_event_prompt_top_logprob`). A plain value.
 struct TopLogprob {
     uint32_t token_id = 0;
+    /// Its log-probability, of the distribution the request's `logprobs_mode` names.
     float logprob = 0.0f;
+    /// 1 for the most likely token.
     uint32_t rank = 0;
 };
 
-/// The logprob of one generated token and its top alternatives (`llmrt_event_logprob`).
+/// The logprob of one token, generated (`llmrt_event_logprob`) or of the prompt
+/// (`llmrt_event_prompt_logprob`), with the most likely alternatives at its position
+/// (`top`, best first: vLLM's `logprobs: k` / `prompt_logprobs: k` of them; none for 0).
+/// A plain value.
 struct TokenLogprob {
     uint32_t token_id = 0;
     float logprob = 0.0f;
@@ -288,67 +300,176 @@ struct TokenLogprob {
     std::vector<TopLogprob> top;
 };
 
-/// A copy of one event of a batch: everything its C accessors expose.
+namespace detail {
+
+// The accessors of one logprob list of an event: the generated tokens' or the prompt's
+// (both sets of C functions have the same shapes).
+struct LogprobAccessors {
+    size_t (*count)(const llmrt_events*, size_t);
+    bool (*entry)(const llmrt_events*, size_t, size_t, uint32_t*, float*, uint32_t*);
+    size_t (*top_count)(const llmrt_events*, size_t, size_t);
+    bool (*top)(const llmrt_events*, size_t, size_t, size_t, uint32_t*, float*, uint32_t*);
+};
+
+inline constexpr LogprobAccessors token_logprobs{llmrt_event_logprobs_count, llmrt_event_logprob,
+                                                 llmrt_event_top_logprobs_count,
+                                                 llmrt_event_top_logprob};
+inline constexpr LogprobAccessors prompt_logprobs{
+    llmrt_event_prompt_logprobs_count, llmrt_event_prompt_logprob,
+    llmrt_event_prompt_top_logprobs_count, llmrt_event_prompt_top_logprob};
+
+// Copies one logprob list of event `index` of a batch.
+inline std::vector<TokenLogprob> copy_logprobs(const llmrt_events* events, size_t index,
+                                               const LogprobAccessors& c) {
+    std::vector<TokenLogprob> out;
+    size_t n = c.count(events, index);
+    out.reserve(n);
+    for (size_t pos = 0; pos < n; pos++) {
+        TokenLogprob lp;
+        if (!c.entry(events, index, pos, &lp.token_id, &lp.logprob, &lp.rank)) continue;
+        size_t ntop = c.top_count(events, index, pos);
+        lp.top.reserve(ntop);
+        for (size_t k = 0; k < ntop; k++) {
+            TopLogprob t;
+            if (c.top(events, index, pos, k, &t.token_id, &t.logprob, &t.rank)) lp.top.push_back(t);
+        }
+        out.push_back(std::move(lp));
+    }
+    return out;
+}
+
+// Appends the elements of JSON array `piece` ("[...]") to the array `into` ("": none yet).
+inline void append_json_array(std::string& into, const std::string& piece) {
+    if (piece.size() <= 2) {  // "[]"
+        if (into.empty()) into = piece;
+    } else if (into.size() <= 2) {
+        into = piece;
+    } else {
+        into.pop_back();  // ']'
+        into += ',';
+        into.append(piece, 1, std::string::npos);
+    }
+}
+
+}  // namespace detail
+
+/// A copy of one event of a batch: everything its C accessors expose. A plain value that
+/// owns its data (nothing points into the batch): copy it, move it, keep it, hand it to
+/// other threads freely.
+///
+/// With one sequence per request (the default), a request's token events are followed by
+/// its final event, which carries the finish reason. With `n` > 1, `best_of` or beam search
+/// (`beam_width`), every event belongs to sequence `index`; each sequence ends with an event
+/// that carries its own finish reason (a token event, or the final event for the sequence
+/// that ends the request last).
 struct Event {
     uint64_t request_id = 0;
     /// The tag the request was submitted with (`generate` uses tags of its own).
     uint64_t user_tag = 0;
     EventKind kind = EventKind::Token;
-    /// The token ids this event adds to the request's output.
+    /// The token ids this event adds to sequence `index`'s output.
     std::vector<uint32_t> token_ids;
-    /// Their text: whole UTF-8 characters; "" when the request asked for no text.
+    /// Their text: whole UTF-8 characters; "" when the request asked for no text. With a
+    /// `reasoning_parser`, the content only (see `reasoning`); with a `tool_call_parser`,
+    /// what is outside tool calls (see `tool_calls_json`).
     std::string text;
+    /// Why sequence `index` finished, on the event that ends it; `None` before.
     FinishReason finish_reason = FinishReason::None;
-    /// The EOS or stop token that finished the request (final events with `Stop`).
+    /// The EOS or stop token that finished the sequence (`Stop` by a token).
     std::optional<uint32_t> stop_token_id;
-    /// Set on final events.
+    /// Set on final events: the whole request's token counts.
     std::optional<Usage> usage;
     /// Why the request failed (final events with `FinishReason::Error`).
     std::optional<std::string> error_message;
-    /// One entry per token when the request asked for logprobs.
+    /// One entry per token of `token_ids` when the request asked for `logprobs`.
     std::vector<TokenLogprob> logprobs;
+    /// The sequence of the request this event belongs to (`llmrt_event_index`): 0 unless
+    /// the request asked for n > 1, best_of or beam search (then 0..n; best_of and beam
+    /// search number the returned sequences best first).
+    uint32_t index = 0;
+    /// The stop string (of the request's `stop`) that finished the sequence
+    /// (`llmrt_event_stop_string`).
+    std::optional<std::string> stop_string;
+    /// With a `reasoning_parser`: the reasoning text of this event's tokens; "" otherwise
+    /// (`llmrt_event_reasoning_text`).
+    std::string reasoning;
+    /// The sum of the sequence's token logprobs so far, when they are computed (the request
+    /// asked for `logprobs`, `best_of` > n or beam search): `llmrt_event_cumulative_logprob`.
+    std::optional<double> cumulative_logprob;
+    /// With `prompt_logprobs`, on the request's first event: one entry per prompt token
+    /// after the first (entry i is about prompt token i + 1, given the tokens before it).
+    std::vector<TokenLogprob> prompt_logprobs;
+    /// With a `tool_call_parser`: the tool-call pieces found in this event's text, the JSON
+    /// array `llmrt_event_tool_calls_json` gives (`[{"index", "id", "name", "arguments"}]`;
+    /// a call's first piece carries its id and name, its arguments are the concatenation
+    /// of its pieces'). Unset when the event has none.
+    std::optional<std::string> tool_calls_json;
 
     bool is_final() const noexcept { return kind == EventKind::Final; }
 
-    /// Copies event `index` of a C batch.
+    /// Copies event `index` of a C batch (which the caller still owns and frees).
     static Event from_batch(const llmrt_events* events, size_t index) {
         Event ev;
         ev.request_id = llmrt_event_request_id(events, index);
         ev.user_tag = llmrt_event_user_tag(events, index);
         ev.kind = static_cast<EventKind>(llmrt_event_kind(events, index));
+        ev.index = llmrt_event_index(events, index);
         size_t n = 0;
         const uint32_t* ids = llmrt_event_token_ids(events, index, &n);
         if (ids != nullptr && n > 0) ev.token_ids.assign(ids, ids + n);
         size_t len = 0;
         const char* text = llmrt_event_text(events, index, &len);
         if (text != nullptr) ev.text.assign(text, len);
+        if (const char* r = llmrt_event_reasoning_text(events, index)) ev.reasoning = r;
         ev.finish_reason = static_cast<FinishReason>(llmrt_event_finish_reason(events, index));
         uint32_t stop = 0;
         if (llmrt_event_stop_token_id(events, index, &stop)) ev.stop_token_id = stop;
+        if (const char* s = llmrt_event_stop_string(events, index)) ev.stop_string = s;
         Usage usage;
         if (llmrt_event_usage(events, index, &usage.prompt_tokens, &usage.completion_tokens,
                               &usage.cached_prompt_tokens))
             ev.usage = usage;
         if (const char* msg = llmrt_event_error_message(events, index)) ev.error_message = msg;
-        size_t nlp = llmrt_event_logprobs_count(events, index);
-        for (size_t pos = 0; pos < nlp; pos++) {
-            TokenLogprob lp;
-            if (!llmrt_event_logprob(events, index, pos, &lp.token_id, &lp.logprob, &lp.rank))
-                continue;
-            size_t ntop = llmrt_event_top_logprobs_count(events, index, pos);
-            for (size_t k = 0; k < ntop; k++) {
-                TopLogprob t;
-                if (llmrt_event_top_logprob(events, index, pos, k, &t.token_id, &t.logprob,
-                                            &t.rank))
-                    lp.top.push_back(t);
-            }
-            ev.logprobs.push_back(std::move(lp));
-        }
+        ev.logprobs = detail::copy_logprobs(events, index, detail::token_logprobs);
+        double cumulative = 0.0;
+        if (llmrt_event_cumulative_logprob(events, index, &cumulative))
+            ev.cumulative_logprob = cumulative;
+        ev.prompt_logprobs = detail::copy_logprobs(events, index, detail::prompt_logprobs);
+        if (const char* calls = llmrt_event_tool_calls_json(events, index))
+            ev.tool_calls_json = calls;
         return ev;
     }
 };
 
-/// The whole output of a request, gathered from its events by `Stream::collect`.
+/// One generated sequence of a request, gathered from its events by `Stream::collect`
+/// (`Completion::sequences`). A plain value.
+struct Sequence {
+    /// Its index (`Event::index`): its place in `Completion::sequences`.
+    uint32_t index = 0;
+    std::vector<uint32_t> token_ids;
+    std::string text;
+    /// With a `reasoning_parser`: the reasoning text (`text` is then the content only).
+    std::string reasoning;
+    /// Why it finished (`None` only if the request failed before it did).
+    FinishReason finish_reason = FinishReason::None;
+    std::optional<uint32_t> stop_token_id;
+    std::optional<std::string> stop_string;
+    /// One per token when the request asked for logprobs.
+    std::vector<TokenLogprob> logprobs;
+    /// The last value its events gave (the sum over all its tokens), when computed.
+    std::optional<double> cumulative_logprob;
+    /// With a `tool_call_parser`: every tool-call piece of the sequence, in order, as one
+    /// JSON array (its events' arrays joined); unset when there are none.
+    std::optional<std::string> tool_calls_json;
+};
+
+/// The whole output of a request, gathered from its events by `Stream::collect`. A plain
+/// value.
+///
+/// `token_ids`, `text`, `finish_reason`, `stop_token_id` and `logprobs` are those of
+/// sequence 0, the only one unless the request asked for n > 1 (with best_of or beam
+/// search, the best one); `sequences` has every sequence by index. `finish_reason` is
+/// `Error` whenever the request failed.
 struct Completion {
     uint64_t request_id = 0;
     std::vector<uint32_t> token_ids;
@@ -358,6 +479,12 @@ struct Completion {
     Usage usage;
     std::optional<std::string> error_message;
     std::vector<TokenLogprob> logprobs;
+    /// Every sequence, `sequences[i].index == i` (at least one once the request ended).
+    std::vector<Sequence> sequences;
+    /// See `Event::prompt_logprobs`.
+    std::vector<TokenLogprob> prompt_logprobs;
+    /// How many events `collect` read, the final event included.
+    size_t num_events = 0;
 };
 
 /// A request given as token ids: `llmrt_engine_submit_tokens`, the JSON-free path. The
@@ -630,21 +757,48 @@ public:
         return take(lock);
     }
 
-    /// Reads the remaining events and gathers them into a Completion.
+    /// Reads the remaining events and gathers them into a Completion, sequence by sequence.
     Completion collect() {
         Completion c;
         c.request_id = id_;
+        bool failed = false;
         while (std::optional<Event> ev = next()) {
-            c.token_ids.insert(c.token_ids.end(), ev->token_ids.begin(), ev->token_ids.end());
-            c.text += ev->text;
-            for (TokenLogprob& lp : ev->logprobs) c.logprobs.push_back(std::move(lp));
+            c.num_events++;
+            while (c.sequences.size() <= ev->index) {
+                c.sequences.emplace_back();
+                c.sequences.back().index = static_cast<uint32_t>(c.sequences.size() - 1);
+            }
+            Sequence& seq = c.sequences[ev->index];
+            seq.token_ids.insert(seq.token_ids.end(), ev->token_ids.begin(), ev->token_ids.end());
+            seq.text += ev->text;
+            seq.reasoning += ev->reasoning;
+            for (TokenLogprob& lp : ev->logprobs) seq.logprobs.push_back(std::move(lp));
+            if (ev->cumulative_logprob) seq.cumulative_logprob = ev->cumulative_logprob;
+            if (ev->tool_calls_json) {
+                if (!seq.tool_calls_json) seq.tool_calls_json.emplace();
+                detail::append_json_array(*seq.tool_calls_json, *ev->tool_calls_json);
+            }
+            if (ev->finish_reason != FinishReason::None) {
+                seq.finish_reason = ev->finish_reason;
+                seq.stop_token_id = ev->stop_token_id;
+                seq.stop_string = ev->stop_string;
+            }
+            for (TokenLogprob& lp : ev->prompt_logprobs) c.prompt_logprobs.push_back(std::move(lp));
             if (ev->is_final()) {
-                c.finish_reason = ev->finish_reason;
-                c.stop_token_id = ev->stop_token_id;
                 if (ev->usage) c.usage = *ev->usage;
                 c.error_message = ev->error_message;
+                failed = ev->finish_reason == FinishReason::Error;
             }
         }
+        if (!c.sequences.empty()) {
+            const Sequence& first = c.sequences.front();
+            c.token_ids = first.token_ids;
+            c.text = first.text;
+            c.finish_reason = first.finish_reason;
+            c.stop_token_id = first.stop_token_id;
+            c.logprobs = first.logprobs;
+        }
+        if (failed) c.finish_reason = FinishReason::Error;
         return c;
     }
 

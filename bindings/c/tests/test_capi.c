@@ -235,6 +235,18 @@ static void test_free_null_is_a_noop(void) {
     CHECK(!llmrt_event_usage(NULL, 0, NULL, NULL, NULL));
     CHECK(llmrt_event_error_message(NULL, 0) == NULL);
     CHECK(!llmrt_event_logprob(NULL, 0, 0, NULL, NULL, NULL));
+    CHECK(llmrt_event_index(NULL, 0) == 0);
+    CHECK(llmrt_event_stop_string(NULL, 0) == NULL);
+    CHECK(llmrt_event_reasoning_text(NULL, 0) == NULL);
+    CHECK(llmrt_event_tool_calls_json(NULL, 0) == NULL);
+    CHECK(!llmrt_event_cumulative_logprob(NULL, 0, NULL));
+    CHECK(llmrt_event_logprobs_count(NULL, 0) == 0);
+    CHECK(llmrt_event_top_logprobs_count(NULL, 0, 0) == 0);
+    CHECK(!llmrt_event_top_logprob(NULL, 0, 0, 0, NULL, NULL, NULL));
+    CHECK(llmrt_event_prompt_logprobs_count(NULL, 0) == 0);
+    CHECK(!llmrt_event_prompt_logprob(NULL, 0, 0, NULL, NULL, NULL));
+    CHECK(llmrt_event_prompt_top_logprobs_count(NULL, 0, 0) == 0);
+    CHECK(!llmrt_event_prompt_top_logprob(NULL, 0, 0, 0, NULL, NULL, NULL));
 }
 
 static void test_engine_new_rejects_bad_config(void) {
@@ -370,6 +382,95 @@ static void test_greedy_submit_json_matches_reference(void) {
     CHECK(same_ids(out.tokens, out.num_tokens, CHAT_GREEDY, CHAT_GREEDY_LEN));
     CHECK(out.usage[0] == CHAT_IDS_LEN);
     llmrt_engine_free(engine);
+}
+
+/* n = 2 greedy sequences with logprobs (top 2) and prompt logprobs (top 1): both sequences
+ * are the reference's greedy tokens, each token has rank 1 and heads its top list, each
+ * event's cumulative logprob is its sequence's running sum, and the first event carries
+ * one prompt logprob per prompt token after the first. */
+#define LP_TOKENS 8
+static void test_logprobs_and_n_sequences(void) {
+    llmrt_engine *engine = new_engine();
+    CHECK(engine);
+    char ids[512], req[1024];
+    ids_json(ids, sizeof ids, LEN4_IDS, LEN4_IDS_LEN);
+    snprintf(req, sizeof req,
+             "{\"prompt_token_ids\": %s, \"n\": 2, \"temperature\": 0, \"ignore_eos\": true, "
+             "\"max_tokens\": %d, \"logprobs\": 2, \"prompt_logprobs\": 1}",
+             ids, LP_TOKENS);
+    uint64_t id = 0;
+    OK(llmrt_engine_submit(engine, req, 9, &id));
+    uint32_t tokens[2][LP_TOKENS];
+    size_t num[2] = {0, 0};
+    double sum[2] = {0, 0};
+    int ends[2] = {0, 0}, finals = 0, first = 1;
+    size_t num_prompt_lp = 0;
+    double deadline = now_s() + 120;
+    while (!finals && now_s() < deadline) {
+        llmrt_events *ev = NULL;
+        OK(llmrt_engine_poll(engine, 16, 100, &ev));
+        size_t count = llmrt_events_count(ev);
+        for (size_t i = 0; i < count && !test_failed; i++) {
+            uint32_t seq = llmrt_event_index(ev, i), tok = 0, rank = 0, top_tok = 0, top_rank = 0;
+            float lp = 0, top_lp = 0;
+            size_t n = 0;
+            const uint32_t *out = llmrt_event_token_ids(ev, i, &n);
+            if (llmrt_event_request_id(ev, i) != id || seq > 1 || ends[seq] ||
+                num[seq] + n > LP_TOKENS || llmrt_event_logprobs_count(ev, i) != n) {
+                FAIL("event %zu: sequence %u, %zu tokens, %zu logprobs", i, seq, n,
+                     llmrt_event_logprobs_count(ev, i));
+                break;
+            }
+            for (size_t k = 0; k < n; k++) {
+                if (!llmrt_event_logprob(ev, i, k, &tok, &lp, &rank) || tok != out[k] ||
+                    rank != 1 || llmrt_event_top_logprobs_count(ev, i, k) != 2 ||
+                    !llmrt_event_top_logprob(ev, i, k, 0, &top_tok, &top_lp, &top_rank) ||
+                    top_tok != tok || top_lp != lp || top_rank != 1 || lp > 0 ||
+                    !llmrt_event_top_logprob(ev, i, k, 1, NULL, &top_lp, &top_rank) ||
+                    top_rank != 2 || top_lp > lp)
+                    FAIL("sequence %u token %zu: id %u rank %u logprob %f", seq, num[seq], tok,
+                         rank, lp);
+                tokens[seq][num[seq]++] = out[k];
+                sum[seq] += lp;
+            }
+            /* Out of range: nothing. */
+            if (llmrt_event_logprob(ev, i, n, NULL, NULL, NULL) ||
+                llmrt_event_top_logprob(ev, i, 0, 2, NULL, NULL, NULL))
+                FAIL("an entry out of range");
+            double cum = 0;
+            if (n && (!llmrt_event_cumulative_logprob(ev, i, &cum) || fabs(cum - sum[seq]) > 1e-4))
+                FAIL("sequence %u: cumulative logprob %f, sum %f", seq, cum, sum[seq]);
+            size_t np = llmrt_event_prompt_logprobs_count(ev, i);
+            if (first) {
+                num_prompt_lp = np;
+                for (size_t k = 0; k < np && k + 1 < LEN4_IDS_LEN; k++) {
+                    if (!llmrt_event_prompt_logprob(ev, i, k, &tok, &lp, &rank) ||
+                        tok != LEN4_IDS[k + 1] || rank < 1 || lp > 0 ||
+                        llmrt_event_prompt_top_logprobs_count(ev, i, k) != 1 ||
+                        !llmrt_event_prompt_top_logprob(ev, i, k, 0, NULL, &top_lp, &top_rank) ||
+                        top_rank != 1 || top_lp < lp)
+                        FAIL("prompt entry %zu: id %u rank %u logprob %f", k, tok, rank, lp);
+                }
+            } else if (np) {
+                FAIL("prompt logprobs on a later event");
+            }
+            first = 0;
+            if (llmrt_event_finish_reason(ev, i) != LLMRT_FINISH_NONE) {
+                if (llmrt_event_finish_reason(ev, i) != LLMRT_FINISH_LENGTH ||
+                    llmrt_event_stop_string(ev, i))
+                    FAIL("sequence %u finished with %d", seq, llmrt_event_finish_reason(ev, i));
+                ends[seq]++;
+            }
+            if (llmrt_event_kind(ev, i) == LLMRT_EVENT_FINAL) finals++;
+        }
+        llmrt_events_free(ev);
+        if (test_failed) break;
+    }
+    llmrt_engine_free(engine);
+    CHECK(finals == 1 && ends[0] == 1 && ends[1] == 1);
+    CHECK(num_prompt_lp == LEN4_IDS_LEN - 1);
+    CHECK(same_ids(tokens[0], num[0], LEN4_GREEDY, LP_TOKENS));
+    CHECK(same_ids(tokens[1], num[1], LEN4_GREEDY, LP_TOKENS));
 }
 
 static void test_seeded_sampling_is_repeatable(void) {
@@ -958,6 +1059,7 @@ int main(void) {
         TEST(test_progress_callback_and_cancel),
         TEST(test_greedy_submit_tokens_matches_reference),
         TEST(test_greedy_submit_json_matches_reference),
+        TEST(test_logprobs_and_n_sequences),
         TEST(test_seeded_sampling_is_repeatable),
         TEST(test_submit_misuse_gives_errors),
         TEST(test_tokenize_detokenize_template),

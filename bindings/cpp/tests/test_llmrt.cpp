@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <future>
@@ -123,7 +124,14 @@ Outcome consume(Stream& stream) {
             EXPECT_EQ(ev.finish_reason, FinishReason::None);
             EXPECT_FALSE(ev.usage.has_value());
         }
+        // Nothing the request did not ask for.
+        EXPECT_EQ(ev.index, 0u);
         EXPECT_TRUE(ev.logprobs.empty());
+        EXPECT_TRUE(ev.prompt_logprobs.empty());
+        EXPECT_FALSE(ev.cumulative_logprob.has_value());
+        EXPECT_FALSE(ev.stop_string.has_value());
+        EXPECT_TRUE(ev.reasoning.empty());
+        EXPECT_FALSE(ev.tool_calls_json.has_value());
     }
     EXPECT_TRUE(stream.finished());
     return out;
@@ -737,4 +745,312 @@ TEST(Concurrency, RandomAbortsStillGiveOneFinalEach) {
         std::this_thread::sleep_for(5ms);
     EXPECT_EQ(callbacks_done, submitted_callbacks);
     EXPECT_EQ(failures, 0);
+}
+
+// ---------------------------------------------- sequences, logprobs, parsers --
+
+namespace {
+
+// A greedy JSON request for `ids` with further fields (`extra`: members, no braces).
+std::string greedy_json(const std::vector<uint32_t>& ids, size_t max_tokens,
+                        const std::string& extra) {
+    return "{\"prompt_token_ids\": " + ids_json(ids) +
+           ", \"temperature\": 0, \"ignore_eos\": true, \"max_tokens\": " +
+           std::to_string(max_tokens) + (extra.empty() ? "" : ", " + extra) + "}";
+}
+
+std::vector<Event> events_of(Stream& stream) {
+    std::vector<Event> events;
+    for (const Event& ev : stream) events.push_back(ev);
+    EXPECT_TRUE(stream.finished());
+    return events;
+}
+
+// The concatenated "arguments" string values of a tool-call JSON array (it reads only the
+// escapes of quotes and backslashes, all these tests' arguments hold).
+std::string tool_call_arguments(const std::string& json) {
+    std::string out;
+    const std::string key = "\"arguments\":\"";
+    for (size_t at = json.find(key); at != std::string::npos; at = json.find(key, at)) {
+        at += key.size();
+        while (at < json.size() && json[at] != '"') {
+            if (json[at] == '\\' && at + 1 < json.size()) at++;
+            out += json[at++];
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST(Sequences, NTwoGreedyGivesTheReferenceTwiceWithPerSequenceEnds) {
+    Engine engine(options());
+    const auto& want = expected::LEN4_GREEDY;
+    const std::string req = greedy_json(expected::LEN4_IDS, want.size(), "\"n\": 2");
+    // Event by event: indexes 0 and 1, each sequence ends once, one final event, last.
+    Stream stream = engine.generate(req);
+    std::vector<Event> events = events_of(stream);
+    ASSERT_FALSE(events.empty());
+    EXPECT_TRUE(events.back().is_final());
+    std::vector<uint32_t> tokens[2];
+    std::string texts[2];
+    int ends[2] = {0, 0};
+    for (const Event& ev : events) {
+        EXPECT_EQ(ev.request_id, stream.id());
+        ASSERT_LT(ev.index, 2u);
+        EXPECT_EQ(ends[ev.index], 0) << "an event after its sequence ended";
+        tokens[ev.index].insert(tokens[ev.index].end(), ev.token_ids.begin(), ev.token_ids.end());
+        texts[ev.index] += ev.text;
+        if (ev.finish_reason != FinishReason::None) {
+            EXPECT_EQ(ev.finish_reason, FinishReason::Length);
+            ends[ev.index]++;
+        }
+        EXPECT_EQ(ev.usage.has_value(), ev.is_final());
+        if (ev.is_final()) { EXPECT_NE(ev.finish_reason, FinishReason::None); }
+    }
+    EXPECT_EQ(ends[0], 1);
+    EXPECT_EQ(ends[1], 1);
+    EXPECT_EQ(std::count_if(events.begin(), events.end(), [](const Event& e) { return e.is_final(); }), 1);
+    EXPECT_EQ(tokens[0], want);
+    EXPECT_EQ(tokens[1], want);
+    EXPECT_EQ(texts[0], engine.detokenize(want));
+    EXPECT_EQ(texts[1], texts[0]);
+    EXPECT_EQ(events.back().usage->completion_tokens, 2 * want.size());
+    EXPECT_EQ(events.back().usage->prompt_tokens, expected::LEN4_IDS.size());
+
+    // Gathered: one Sequence per index; the top-level fields are sequence 0's.
+    llmrt::Completion c = engine.generate(req).collect();
+    ASSERT_EQ(c.sequences.size(), 2u);
+    for (uint32_t i = 0; i < 2; i++) {
+        EXPECT_EQ(c.sequences[i].index, i);
+        EXPECT_EQ(c.sequences[i].token_ids, want);
+        EXPECT_EQ(c.sequences[i].text, texts[0]);
+        EXPECT_EQ(c.sequences[i].finish_reason, FinishReason::Length);
+        EXPECT_FALSE(c.sequences[i].cumulative_logprob.has_value());
+    }
+    EXPECT_EQ(c.token_ids, want);
+    EXPECT_EQ(c.text, texts[0]);
+    EXPECT_EQ(c.finish_reason, FinishReason::Length);
+    EXPECT_EQ(c.usage.completion_tokens, 2 * want.size());
+    EXPECT_GE(c.num_events, 2u);
+}
+
+TEST(Sequences, BestOfAndBeamSearchReportCumulativeLogprobs) {
+    Engine engine(options());
+    const auto& want = expected::LEN4_GREEDY;
+    // best_of > n computes logprobs to rank: greedy sequences all equal the reference.
+    llmrt::Completion best =
+        engine.generate(greedy_json(expected::LEN4_IDS, 8, "\"n\": 2, \"best_of\": 3")).collect();
+    ASSERT_EQ(best.sequences.size(), 2u);
+    for (const llmrt::Sequence& seq : best.sequences) {
+        EXPECT_EQ(seq.token_ids, std::vector<uint32_t>(want.begin(), want.begin() + 8));
+        ASSERT_TRUE(seq.cumulative_logprob.has_value());
+        EXPECT_LT(*seq.cumulative_logprob, 0.0);
+        EXPECT_TRUE(seq.logprobs.empty());  // not asked for
+    }
+    // Beam search: n sequences, best first.
+    llmrt::Completion beam = engine
+        .generate("{\"prompt_token_ids\": " + ids_json(expected::LEN4_IDS) +
+                  ", \"ignore_eos\": true, \"max_tokens\": 6, \"n\": 2, \"beam_width\": 2, "
+                  "\"length_penalty\": 1.0}")
+        .collect();
+    ASSERT_EQ(beam.sequences.size(), 2u);
+    for (const llmrt::Sequence& seq : beam.sequences) {
+        EXPECT_EQ(seq.token_ids.size(), 6u);
+        EXPECT_EQ(seq.finish_reason, FinishReason::Length);
+        EXPECT_TRUE(seq.cumulative_logprob.has_value());
+    }
+    ASSERT_TRUE(beam.sequences[0].cumulative_logprob && beam.sequences[1].cumulative_logprob);
+    EXPECT_GE(*beam.sequences[0].cumulative_logprob, *beam.sequences[1].cumulative_logprob);
+}
+
+TEST(Logprobs, GreedyTokensAreRankOneAndMatchTheReference) {
+    Engine engine(options());
+    const auto& prompt = expected::LEN13_IDS;
+    const auto& want = expected::LEN13_GREEDY;
+    Stream stream = engine.generate(
+        greedy_json(prompt, want.size(), "\"logprobs\": 5, \"prompt_logprobs\": 2"));
+    std::vector<Event> events = events_of(stream);
+    ASSERT_FALSE(events.empty());
+    // Every token: rank 1, first of its top 5, whose logprobs match transformers'; each
+    // event's cumulative logprob is the running sum.
+    std::vector<uint32_t> tokens;
+    std::vector<llmrt::TokenLogprob> lps;
+    double sum = 0.0;
+    for (const Event& ev : events) {
+        ASSERT_EQ(ev.logprobs.size(), ev.token_ids.size());
+        for (size_t i = 0; i < ev.token_ids.size(); i++) {
+            const llmrt::TokenLogprob& lp = ev.logprobs[i];
+            EXPECT_EQ(lp.token_id, ev.token_ids[i]);
+            sum += lp.logprob;
+            tokens.push_back(ev.token_ids[i]);
+            lps.push_back(lp);
+        }
+        if (!ev.token_ids.empty()) {
+            ASSERT_TRUE(ev.cumulative_logprob.has_value());
+            EXPECT_NEAR(*ev.cumulative_logprob, sum, 1e-4);
+        }
+        if (&ev != &events.front()) { EXPECT_TRUE(ev.prompt_logprobs.empty()); }
+    }
+    ASSERT_EQ(tokens, want);
+    for (size_t t = 0; t < lps.size(); t++) {
+        SCOPED_TRACE("greedy step " + std::to_string(t));
+        const llmrt::TokenLogprob& lp = lps[t];
+        EXPECT_EQ(lp.rank, 1u);
+        ASSERT_EQ(lp.top.size(), 5u);
+        EXPECT_EQ(lp.top[0].token_id, lp.token_id);
+        EXPECT_EQ(lp.top[0].logprob, lp.logprob);
+        EXPECT_LE(lp.logprob, 0.0f);
+        EXPECT_EQ(lp.token_id, expected::LEN13_GREEDY_TOP_IDS[t][0]);
+        for (size_t k = 0; k < 5; k++) {
+            EXPECT_EQ(lp.top[k].rank, k + 1);
+            if (k > 0) { EXPECT_LE(lp.top[k].logprob, lp.top[k - 1].logprob); }
+            EXPECT_NEAR(lp.top[k].logprob, expected::LEN13_GREEDY_TOP_LOGPROBS[t][k], 1e-3);
+        }
+    }
+    // Prompt logprobs, on the first event: one per prompt token after the first.
+    const std::vector<llmrt::TokenLogprob>& plp = events.front().prompt_logprobs;
+    ASSERT_EQ(plp.size(), prompt.size() - 1);
+    for (size_t i = 0; i < plp.size(); i++) {
+        SCOPED_TRACE("prompt entry " + std::to_string(i));
+        EXPECT_EQ(plp[i].token_id, prompt[i + 1]);
+        EXPECT_GE(plp[i].rank, 1u);
+        EXPECT_LE(plp[i].logprob, 0.0f);
+        ASSERT_EQ(plp[i].top.size(), 2u);
+        // After reading prompt[0..=i]: the reference's top tokens.
+        EXPECT_EQ(plp[i].top[0].token_id, expected::LEN13_PROMPT_TOP_IDS[i][0]);
+        EXPECT_NEAR(plp[i].top[0].logprob, expected::LEN13_PROMPT_TOP_LOGPROBS[i][0], 1e-3);
+        EXPECT_NEAR(plp[i].top[1].logprob, expected::LEN13_PROMPT_TOP_LOGPROBS[i][1], 1e-3);
+        EXPECT_EQ(plp[i].top[0].rank, 1u);
+        EXPECT_LE(plp[i].logprob, plp[i].top[0].logprob + 1e-6f);
+        if (plp[i].rank == 1) { EXPECT_EQ(plp[i].top[0].token_id, plp[i].token_id); }
+    }
+
+    // collect() gathers the same, per sequence; the raw poll path copies the same fields.
+    llmrt::Completion c = engine.generate(
+        greedy_json(prompt, want.size(), "\"logprobs\": 0, \"prompt_logprobs\": 0")).collect();
+    ASSERT_EQ(c.sequences.size(), 1u);
+    EXPECT_EQ(c.token_ids, want);
+    ASSERT_EQ(c.logprobs.size(), want.size());
+    double total = 0.0;
+    for (size_t t = 0; t < c.logprobs.size(); t++) {
+        EXPECT_EQ(c.logprobs[t].rank, 1u);
+        EXPECT_TRUE(c.logprobs[t].top.empty());  // logprobs: 0 -> no alternatives
+        EXPECT_NEAR(c.logprobs[t].logprob, lps[t].logprob, 1e-5);
+        total += c.logprobs[t].logprob;
+    }
+    ASSERT_TRUE(c.sequences[0].cumulative_logprob.has_value());
+    EXPECT_NEAR(*c.sequences[0].cumulative_logprob, total, 1e-4);
+    ASSERT_EQ(c.prompt_logprobs.size(), prompt.size() - 1);
+    for (size_t i = 0; i < c.prompt_logprobs.size(); i++) {
+        EXPECT_EQ(c.prompt_logprobs[i].token_id, prompt[i + 1]);
+        EXPECT_NEAR(c.prompt_logprobs[i].logprob, plp[i].logprob, 1e-5);
+        EXPECT_TRUE(c.prompt_logprobs[i].top.empty());
+    }
+
+    Engine raw(options());
+    uint64_t id = raw.submit(greedy_json(expected::LEN4_IDS, 4, "\"n\": 2, \"logprobs\": 1"), 7);
+    std::vector<Event> polled;
+    auto deadline = std::chrono::steady_clock::now() + 60s;
+    while ((polled.empty() || !polled.back().is_final()) && std::chrono::steady_clock::now() < deadline)
+        for (Event& ev : raw.poll(16, 100ms)) polled.push_back(std::move(ev));
+    ASSERT_FALSE(polled.empty());
+    ASSERT_TRUE(polled.back().is_final());
+    std::set<uint32_t> indexes;
+    for (const Event& ev : polled) {
+        EXPECT_EQ(ev.request_id, id);
+        EXPECT_EQ(ev.user_tag, 7u);
+        indexes.insert(ev.index);
+        ASSERT_EQ(ev.logprobs.size(), ev.token_ids.size());
+        for (const llmrt::TokenLogprob& lp : ev.logprobs) {
+            EXPECT_EQ(lp.rank, 1u);
+            ASSERT_EQ(lp.top.size(), 1u);
+            EXPECT_EQ(lp.top[0].token_id, lp.token_id);
+        }
+    }
+    EXPECT_EQ(indexes, (std::set<uint32_t>{0, 1}));
+}
+
+TEST(Events, StopStringIsReported) {
+    Engine engine(options());
+    const auto& want = expected::LEN4_GREEDY;
+    const std::string full = engine.detokenize(want);
+    // A two-character stop string from the reference continuation, past its start.
+    size_t at = 2;
+    while (at + 1 < full.size() &&
+           !(std::isalpha(static_cast<unsigned char>(full[at])) &&
+             std::isalpha(static_cast<unsigned char>(full[at + 1]))))
+        at++;
+    ASSERT_LT(at + 1, full.size()) << "no letters in \"" << full << "\"";
+    const std::string stop = full.substr(at, 2);
+    const size_t first = full.find(stop);
+    llmrt::Completion c = engine
+        .generate(greedy_json(expected::LEN4_IDS, want.size(),
+                              "\"stop\": [" + llmrt::json_string(stop) + "]"))
+        .collect();
+    EXPECT_EQ(c.finish_reason, FinishReason::Stop);
+    ASSERT_EQ(c.sequences.size(), 1u);
+    ASSERT_TRUE(c.sequences[0].stop_string.has_value());
+    EXPECT_EQ(*c.sequences[0].stop_string, stop);
+    EXPECT_FALSE(c.stop_token_id.has_value());
+    EXPECT_EQ(c.text, full.substr(0, first));  // the text ends before the stop string
+    ASSERT_LE(c.token_ids.size(), want.size());
+    EXPECT_TRUE(std::equal(c.token_ids.begin(), c.token_ids.end(), want.begin()));
+    // The event that carries it is the final one.
+    Stream s = engine.generate(greedy_json(expected::LEN4_IDS, want.size(),
+                                           "\"stop\": [" + llmrt::json_string(stop) + "]"));
+    std::vector<Event> events = events_of(s);
+    ASSERT_FALSE(events.empty());
+    for (size_t i = 0; i + 1 < events.size(); i++) EXPECT_FALSE(events[i].stop_string.has_value());
+    ASSERT_TRUE(events.back().stop_string.has_value());
+    EXPECT_EQ(*events.back().stop_string, stop);
+}
+
+TEST(Events, ReasoningAndToolCallParsers) {
+    Engine engine(options());
+    const auto& want = expected::LEN4_GREEDY;
+    const std::string full = engine.detokenize(want);
+    ASSERT_EQ(full.find("</think>"), std::string::npos);
+    // deepseek_r1 starts in reasoning: with no "</think>", all the text is reasoning.
+    llmrt::Completion r = engine
+        .generate(greedy_json(expected::LEN4_IDS, want.size(),
+                              "\"reasoning_parser\": \"deepseek_r1\""))
+        .collect();
+    EXPECT_EQ(r.token_ids, want);
+    ASSERT_EQ(r.sequences.size(), 1u);
+    EXPECT_EQ(r.sequences[0].reasoning, full);
+    EXPECT_TRUE(r.text.empty());
+
+    // A tool call forced by a structured output, parsed by the hermes parser.
+    const std::string call = "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 1}}</tool_call>";
+    Stream s = engine.generate(
+        "{\"prompt_token_ids\": " + ids_json(expected::LEN4_IDS) +
+        ", \"temperature\": 0, \"max_tokens\": 100, \"tool_call_parser\": \"hermes\", "
+        "\"structured_outputs\": {\"choice\": [" + llmrt::json_string(call) + "]}}");
+    std::vector<Event> events = events_of(s);
+    std::string text, pieces;
+    for (const Event& ev : events) {
+        text += ev.text;
+        if (!ev.tool_calls_json) continue;
+        EXPECT_EQ(ev.tool_calls_json->front(), '[');
+        EXPECT_EQ(ev.tool_calls_json->back(), ']');
+        pieces += *ev.tool_calls_json;
+    }
+    EXPECT_EQ(text.find("<tool_call>"), std::string::npos) << text;
+    EXPECT_NE(pieces.find("\"name\":\"f\""), std::string::npos) << pieces;
+    EXPECT_NE(pieces.find("\"id\":\"call_"), std::string::npos) << pieces;
+    EXPECT_EQ(tool_call_arguments(pieces), "{\"a\":1}") << pieces;
+    // collect() joins a sequence's pieces into one JSON array.
+    llmrt::Completion c = engine
+        .generate("{\"prompt_token_ids\": " + ids_json(expected::LEN4_IDS) +
+                  ", \"temperature\": 0, \"max_tokens\": 100, \"tool_call_parser\": \"hermes\", "
+                  "\"structured_outputs\": {\"choice\": [" + llmrt::json_string(call) + "]}}")
+        .collect();
+    ASSERT_EQ(c.sequences.size(), 1u);
+    ASSERT_TRUE(c.sequences[0].tool_calls_json.has_value());
+    const std::string& joined = *c.sequences[0].tool_calls_json;
+    EXPECT_EQ(joined.front(), '[');
+    EXPECT_EQ(joined.back(), ']');
+    EXPECT_EQ(joined.find("]["), std::string::npos);
+    EXPECT_EQ(tool_call_arguments(joined), "{\"a\":1}") << joined;
 }

@@ -40,7 +40,7 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *reserved) {
     if (!(ctor_exception = (*env)->GetMethodID(env, cls_exception, "<init>", "(I[B)V")))
         return JNI_ERR;
     if (!(cls_event = global_class(env, "dev/llmrt/Event"))) return JNI_ERR;
-    if (!(ctor_event = (*env)->GetMethodID(env, cls_event, "<init>", "(JJI[I[BIZIZJJJ[B)V")))
+    if (!(ctor_event = (*env)->GetMethodID(env, cls_event, "<init>", "(JJI[I[BIZIZJJJ[BI[BZD[I[F[I[F[B[B)V")))
         return JNI_ERR;
     if (!(cls_native = global_class(env, "dev/llmrt/Native"))) return JNI_ERR;
     if (!(mid_progress = (*env)->GetStaticMethodID(env, cls_native, "progress",
@@ -243,8 +243,90 @@ JNIEXPORT void JNI_FN(abort)(JNIEnv *env, jclass cls, jlong h, jlong request_id)
     throw_error(env, llmrt_engine_abort(engine_of(h), (uint64_t)request_id));
 }
 
+/* The accessors of one logprob list of an event: the generated tokens' or the prompt's
+ * (both sets of C functions have the same shapes). */
+typedef struct {
+    size_t (*count)(const llmrt_events *, size_t);
+    bool (*entry)(const llmrt_events *, size_t, size_t, uint32_t *, float *, uint32_t *);
+    size_t (*top_count)(const llmrt_events *, size_t, size_t);
+    bool (*top)(const llmrt_events *, size_t, size_t, size_t, uint32_t *, float *, uint32_t *);
+} logprob_accessors;
+
+static const logprob_accessors token_logprobs = {
+    llmrt_event_logprobs_count, llmrt_event_logprob, llmrt_event_top_logprobs_count,
+    llmrt_event_top_logprob};
+static const logprob_accessors prompt_logprobs = {
+    llmrt_event_prompt_logprobs_count, llmrt_event_prompt_logprob,
+    llmrt_event_prompt_top_logprobs_count, llmrt_event_prompt_top_logprob};
+
+/* One logprob list of event `i`, packed into two arrays that Event unpacks (see
+ * Event.unpackLogprobs): per entry, ints [token, rank, top count, (top token, top rank)
+ * per alternative] and floats [logprob, top logprob per alternative]. Both stay NULL when
+ * the list is empty; false with an exception pending when out of memory. The caller
+ * deletes the local refs. */
+static bool pack_logprobs(JNIEnv *env, const llmrt_events *ev, size_t i,
+                          const logprob_accessors *acc, jintArray *ints_out,
+                          jfloatArray *floats_out) {
+    *ints_out = NULL;
+    *floats_out = NULL;
+    size_t n = acc->count(ev, i);
+    if (!n) return true;
+    size_t num_ints = 0, num_floats = 0;
+    for (size_t pos = 0; pos < n; pos++) {
+        size_t top = acc->top_count(ev, i, pos);
+        num_ints += 3 + 2 * top;
+        num_floats += 1 + top;
+    }
+    if (num_ints > (size_t)INT32_MAX) {
+        (*env)->ThrowNew(env, cls_oom, "llmrt: too many logprobs for a Java array");
+        return false;
+    }
+    jint *ints = malloc(num_ints * sizeof *ints);
+    jfloat *floats = malloc(num_floats * sizeof *floats);
+    bool ok = ints && floats;
+    if (!ok) (*env)->ThrowNew(env, cls_oom, "llmrt: out of memory");
+    size_t ni = 0, nf = 0;
+    for (size_t pos = 0; ok && pos < n; pos++) {
+        uint32_t token = 0, rank = 0;
+        float logprob = 0;
+        acc->entry(ev, i, pos, &token, &logprob, &rank);
+        size_t top = acc->top_count(ev, i, pos);
+        ints[ni++] = (jint)token;
+        ints[ni++] = (jint)rank;
+        ints[ni++] = (jint)top;
+        floats[nf++] = logprob;
+        for (size_t k = 0; k < top; k++) {
+            token = rank = 0;
+            logprob = 0;
+            acc->top(ev, i, pos, k, &token, &logprob, &rank);
+            ints[ni++] = (jint)token;
+            ints[ni++] = (jint)rank;
+            floats[nf++] = logprob;
+        }
+    }
+    if (ok && (*ints_out = (*env)->NewIntArray(env, (jsize)ni)) != NULL)
+        (*env)->SetIntArrayRegion(env, *ints_out, 0, (jsize)ni, ints);
+    if (ok && *ints_out && (*floats_out = (*env)->NewFloatArray(env, (jsize)nf)) != NULL)
+        (*env)->SetFloatArrayRegion(env, *floats_out, 0, (jsize)nf, floats);
+    free(ints);
+    free(floats);
+    return ok && *ints_out && *floats_out;
+}
+
+/* A NUL-terminated string the batch owns as a byte[], or NULL for NULL or "" (when
+ * `empty_is_null`). Sets *failed when out of memory (an exception is pending); does
+ * nothing once *failed is set. */
+static jbyteArray optional_bytes(JNIEnv *env, const char *s, bool empty_is_null, bool *failed) {
+    if (*failed || !s || (empty_is_null && !*s)) return NULL;
+    jbyteArray a = bytes(env, s, strlen(s));
+    if (!a) *failed = true;
+    return a;
+}
+
 /* One event of a batch as a dev.llmrt.Event (a local ref), or NULL with an exception. */
 static jobject make_event(JNIEnv *env, const llmrt_events *ev, size_t i) {
+    /* Room for every local ref below; popped (all but the result) on the way out. */
+    if ((*env)->PushLocalFrame(env, 16) != 0) return NULL;
     size_t n = 0, len = 0;
     const uint32_t *ids = llmrt_event_token_ids(ev, i, &n);
     const char *text = llmrt_event_text(ev, i, &len);
@@ -252,26 +334,34 @@ static jobject make_event(JNIEnv *env, const llmrt_events *ev, size_t i) {
     bool has_stop = llmrt_event_stop_token_id(ev, i, &stop_token);
     uint64_t usage[3] = {0, 0, 0};
     bool has_usage = llmrt_event_usage(ev, i, &usage[0], &usage[1], &usage[2]);
-    const char *error = llmrt_event_error_message(ev, i);
+    double cumulative = 0;
+    bool has_cumulative = llmrt_event_cumulative_logprob(ev, i, &cumulative);
 
     jobject result = NULL;
-    jbyteArray jerror = NULL;
-    jbyteArray jtext = NULL;
+    bool failed = false;
     jintArray jids = (*env)->NewIntArray(env, (jsize)n);
     if (!jids) goto done;
     if (n) (*env)->SetIntArrayRegion(env, jids, 0, (jsize)n, (const jint *)ids);
-    if (!(jtext = bytes(env, text, len))) goto done;
-    if (error && !(jerror = bytes(env, error, strlen(error)))) goto done;
+    jbyteArray jtext = bytes(env, text, len);
+    if (!jtext) goto done;
+    jbyteArray jerror = optional_bytes(env, llmrt_event_error_message(ev, i), false, &failed);
+    jbyteArray jstop = optional_bytes(env, llmrt_event_stop_string(ev, i), false, &failed);
+    jbyteArray jreasoning = optional_bytes(env, llmrt_event_reasoning_text(ev, i), true, &failed);
+    jbyteArray jtools = optional_bytes(env, llmrt_event_tool_calls_json(ev, i), false, &failed);
+    if (failed) goto done;
+    jintArray lp_ints, plp_ints;
+    jfloatArray lp_floats, plp_floats;
+    if (!pack_logprobs(env, ev, i, &token_logprobs, &lp_ints, &lp_floats)) goto done;
+    if (!pack_logprobs(env, ev, i, &prompt_logprobs, &plp_ints, &plp_floats)) goto done;
     result = (*env)->NewObject(
         env, cls_event, ctor_event, (jlong)llmrt_event_request_id(ev, i),
         (jlong)llmrt_event_user_tag(ev, i), (jint)llmrt_event_kind(ev, i), jids, jtext,
         (jint)llmrt_event_finish_reason(ev, i), (jboolean)has_stop, (jint)stop_token,
-        (jboolean)has_usage, (jlong)usage[0], (jlong)usage[1], (jlong)usage[2], jerror);
+        (jboolean)has_usage, (jlong)usage[0], (jlong)usage[1], (jlong)usage[2], jerror,
+        (jint)llmrt_event_index(ev, i), jstop, (jboolean)has_cumulative, (jdouble)cumulative,
+        lp_ints, lp_floats, plp_ints, plp_floats, jreasoning, jtools);
 done:
-    if (jids) (*env)->DeleteLocalRef(env, jids);
-    if (jtext) (*env)->DeleteLocalRef(env, jtext);
-    if (jerror) (*env)->DeleteLocalRef(env, jerror);
-    return result;
+    return (*env)->PopLocalFrame(env, result);
 }
 
 JNIEXPORT jobjectArray JNI_FN(poll)(JNIEnv *env, jclass cls, jlong h, jint max_events,

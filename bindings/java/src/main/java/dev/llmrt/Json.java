@@ -32,8 +32,8 @@ final class Json {
     }
 
     /**
-     * Appends a value: null, a String, a Boolean, a Number (finite), an int[] or a
-     * {@link Raw} JSON text.
+     * Appends a value: null, a String, a Boolean, a Number (finite), an int[], a String[] or
+     * a {@link Raw} JSON text.
      */
     static StringBuilder value(StringBuilder out, Object v) {
         if (v == null) {
@@ -62,11 +62,21 @@ final class Json {
                 out.append(a[i]);
             }
             out.append(']');
+        } else if (v instanceof String[]) {
+            String[] a = (String[]) v;
+            out.append('[');
+            for (int i = 0; i < a.length; i++) {
+                if (i > 0) {
+                    out.append(',');
+                }
+                string(out, a[i]);
+            }
+            out.append(']');
         } else if (v instanceof Raw) {
             out.append(((Raw) v).json);
         } else {
             throw new IllegalArgumentException("cannot write a " + v.getClass().getName()
-                    + " as JSON (use a String, Boolean, Number, int[] or raw JSON text)");
+                    + " as JSON (use a String, Boolean, Number, int[], String[] or raw JSON text)");
         }
         return out;
     }

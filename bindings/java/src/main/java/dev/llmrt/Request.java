@@ -253,6 +253,115 @@ public final class Request {
             return this;
         }
 
+        /**
+         * {@code stop}: strings that finish a sequence (with STOP, the string reported by
+         * {@link Event#stopString()}); the text ends before the string unless
+         * {@link #includeStopStrInOutput} is set.
+         */
+        public Builder stop(String... strings) {
+            String[] copy = strings.clone();
+            for (String s : copy) {
+                Objects.requireNonNull(s, "stop string");
+            }
+            fields.put("stop", copy);
+            return this;
+        }
+
+        /** {@code include_stop_str_in_output}: keep the stop string at the end of the text. */
+        public Builder includeStopStrInOutput(boolean include) {
+            fields.put("include_stop_str_in_output", include);
+            return this;
+        }
+
+        /**
+         * {@code n}: how many sequences to return (default 1); each event names its sequence
+         * ({@link Event#index()}) and {@link Result#sequences()} has them all.
+         */
+        public Builder n(int n) {
+            fields.put("n", n);
+            return this;
+        }
+
+        /**
+         * {@code best_of}: sample this many sequences and return the {@code n} with the
+         * highest cumulative logprob, best first (they come at the request's end).
+         */
+        public Builder bestOf(int bestOf) {
+            fields.put("best_of", bestOf);
+            return this;
+        }
+
+        /** {@code beam_width}: beam search with this many beams; returns the best {@code n}. */
+        public Builder beamWidth(int beamWidth) {
+            fields.put("beam_width", beamWidth);
+            return this;
+        }
+
+        /**
+         * {@code length_penalty} of beam search: a beam's score is its cumulative logprob
+         * divided by its length to this power (default 1).
+         */
+        public Builder lengthPenalty(double penalty) {
+            fields.put("length_penalty", penalty);
+            return this;
+        }
+
+        /**
+         * {@code logprobs}: give each generated token's logprob and rank with the {@code k}
+         * most likely alternatives ({@link Event#logprobs()}); 0 for none of them, -1 for the
+         * whole vocabulary.
+         */
+        public Builder logprobs(int k) {
+            fields.put("logprobs", k);
+            return this;
+        }
+
+        /**
+         * {@code prompt_logprobs}: the same for each prompt token after the first, on the
+         * request's first event ({@link Event#promptLogprobs()}).
+         */
+        public Builder promptLogprobs(int k) {
+            fields.put("prompt_logprobs", k);
+            return this;
+        }
+
+        /**
+         * {@code logprobs_mode}: what the logprobs are of: "raw_logprobs" (the default),
+         * "raw_logits", "processed_logprobs" or "processed_logits" (vLLM's names).
+         */
+        public Builder logprobsMode(String mode) {
+            fields.put("logprobs_mode", Objects.requireNonNull(mode, "mode"));
+            return this;
+        }
+
+        /**
+         * {@code structured_outputs}, as a JSON object's text: {@code {"json": schema}},
+         * {@code {"regex": ...}}, {@code {"choice": [...]}}, {@code {"grammar": ...}} or
+         * {@code {"json_object": true}}.
+         */
+        public Builder structuredOutputsJson(String json) {
+            fields.put("structured_outputs", new Json.Raw(Objects.requireNonNull(json)));
+            return this;
+        }
+
+        /**
+         * {@code reasoning_parser} (e.g. "deepseek_r1", "qwen3"): the reasoning goes to
+         * {@link Event#reasoningText()}, the text keeps the content.
+         */
+        public Builder reasoningParser(String name) {
+            fields.put("reasoning_parser", Objects.requireNonNull(name, "name"));
+            return this;
+        }
+
+        /**
+         * {@code tool_call_parser} (e.g. "hermes", "llama3_json", "mistral", "pythonic"): tool
+         * calls go to {@link Event#toolCallsJson()}, the text keeps what is outside them.
+         */
+        public Builder toolCallParser(String name) {
+            fields.put("tool_call_parser", Objects.requireNonNull(name, "name"));
+            return this;
+        }
+
         /** {@code skip_special_tokens}: leave special tokens out of the text (default true). */
         public Builder skipSpecialTokens(boolean skip) {
             fields.put("skip_special_tokens", skip);
@@ -296,13 +405,15 @@ public final class Request {
         }
 
         /**
-         * Any other field, written as JSON: a String, Boolean, Number or int[]. The library
-         * rejects fields it does not know (naming them).
+         * Any other field, written as JSON: a String, Boolean, Number, int[] or String[]. The
+         * library rejects fields it does not know (naming them).
          */
         public Builder field(String name, Object value) {
             Objects.requireNonNull(name, "name");
             if (value instanceof int[]) {
                 value = ((int[]) value).clone();
+            } else if (value instanceof String[]) {
+                value = ((String[]) value).clone();
             } else if (value instanceof Float) {
                 value = ((Float) value).doubleValue();
             } else if (value instanceof Number && !(value instanceof Double)) {

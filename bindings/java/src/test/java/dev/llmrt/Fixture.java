@@ -18,7 +18,11 @@ final class Fixture {
     static final Path MODEL = Path.of(System.getProperty("llmrt.test.model",
             "../../tests/fixtures/models/llama")).toAbsolutePath().normalize();
 
-    /** A reference prompt: its text, its ids and the greedy continuation. */
+    /**
+     * A reference prompt: its text, its ids and the greedy continuation; the top-5 tokens and
+     * logprobs of the next-token distribution at each greedy step ({@code greedyTop*}) and
+     * after reading each prompt prefix ids[0..=t] ({@code promptTop*}), best first.
+     */
     static final class Prompt {
         final String name;
         final String text;
@@ -26,13 +30,22 @@ final class Fixture {
         final int[] ids;
         final int[] greedy;
         final List<Message> messages; // null unless a chat
+        final int[][] greedyTopIds;
+        final double[][] greedyTopLogprobs;
+        final int[][] promptTopIds;
+        final double[][] promptTopLogprobs;
 
-        Prompt(Map<String, Object> p, List<Object> greedy) {
+        Prompt(Map<String, Object> p, List<Object> greedy, Map<String, Object> greedyTop,
+                Map<String, Object> promptTop) {
             this.name = (String) p.get("name");
             this.text = (String) p.get("text");
             this.addSpecialTokens = (Boolean) p.get("add_special_tokens");
             this.ids = ints(p.get("ids"));
             this.greedy = ints(greedy);
+            this.greedyTopIds = rows(greedyTop.get("ids"));
+            this.greedyTopLogprobs = doubleRows(greedyTop.get("logprobs"));
+            this.promptTopIds = rows(promptTop.get("ids"));
+            this.promptTopLogprobs = doubleRows(promptTop.get("logprobs"));
             if (p.containsKey("messages")) {
                 List<Message> ms = new ArrayList<>();
                 for (Object o : (List<?>) p.get("messages")) {
@@ -78,9 +91,12 @@ final class Fixture {
         Map<String, Object> root = (Map<String, Object>) new Reader(text).document();
         List<Object> prompts = (List<Object>) root.get("prompts");
         List<Object> greedy = (List<Object>) root.get("greedy_ids");
+        List<Object> greedyTop = (List<Object>) root.get("greedy_top5");
+        List<Object> promptTop = (List<Object>) root.get("prompt_top5");
         Map<String, Prompt> out = new LinkedHashMap<>();
         for (int i = 0; i < prompts.size(); i++) {
-            Prompt p = new Prompt((Map<String, Object>) prompts.get(i), (List<Object>) greedy.get(i));
+            Prompt p = new Prompt((Map<String, Object>) prompts.get(i), (List<Object>) greedy.get(i),
+                    (Map<String, Object>) greedyTop.get(i), (Map<String, Object>) promptTop.get(i));
             out.put(p.name, p);
         }
         return out;
@@ -91,6 +107,28 @@ final class Fixture {
         int[] a = new int[l.size()];
         for (int i = 0; i < a.length; i++) {
             a[i] = ((Number) l.get(i)).intValue();
+        }
+        return a;
+    }
+
+    private static int[][] rows(Object list) {
+        List<?> l = (List<?>) list;
+        int[][] a = new int[l.size()][];
+        for (int i = 0; i < a.length; i++) {
+            a[i] = ints(l.get(i));
+        }
+        return a;
+    }
+
+    private static double[][] doubleRows(Object list) {
+        List<?> l = (List<?>) list;
+        double[][] a = new double[l.size()][];
+        for (int i = 0; i < a.length; i++) {
+            List<?> row = (List<?>) l.get(i);
+            a[i] = new double[row.size()];
+            for (int k = 0; k < a[i].length; k++) {
+                a[i][k] = ((Number) row.get(k)).doubleValue();
+            }
         }
         return a;
     }

@@ -39,6 +39,33 @@ class RequestTest {
     }
 
     @Test
+    void writesSequenceLogprobAndParserFields() {
+        Request r = Request.tokens(3, 4).n(2).bestOf(3).beamWidth(2).lengthPenalty(0.5)
+                .logprobs(5).promptLogprobs(0).logprobsMode("processed_logprobs")
+                .stop("a\"b", "\n").includeStopStrInOutput(true)
+                .structuredOutputsJson("{\"choice\": [\"x\", \"y\"]}")
+                .reasoningParser("deepseek_r1").toolCallParser("hermes")
+                .field("x_list", new String[] {"p", "q"}).build();
+        assertFalse(r.usesTokenFastPath());
+        Map<String, Object> m = parse(r);
+        assertEquals(2L, m.get("n"));
+        assertEquals(3L, m.get("best_of"));
+        assertEquals(2L, m.get("beam_width"));
+        assertEquals(0.5, m.get("length_penalty"));
+        assertEquals(5L, m.get("logprobs"));
+        assertEquals(0L, m.get("prompt_logprobs"));
+        assertEquals("processed_logprobs", m.get("logprobs_mode"));
+        assertEquals(List.of("a\"b", "\n"), m.get("stop"));
+        assertEquals(true, m.get("include_stop_str_in_output"));
+        assertEquals(Map.of("choice", List.of("x", "y")), m.get("structured_outputs"));
+        assertEquals("deepseek_r1", m.get("reasoning_parser"));
+        assertEquals("hermes", m.get("tool_call_parser"));
+        assertEquals(List.of("p", "q"), m.get("x_list"));
+        assertFalse(Request.tokens(3).logprobs(1).build().usesTokenFastPath());
+        assertFalse(Request.tokens(3).n(2).build().usesTokenFastPath());
+    }
+
+    @Test
     void writesChats() {
         Request r = Request.chat(Message.system("Be brief."), Message.user("Q?"))
                 .addGenerationPrompt(false).chatTemplateKwargsJson("{\"k\": 1}").build();
