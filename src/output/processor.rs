@@ -218,9 +218,8 @@ impl OutputProcessor {
         let i = o.seq_index as usize;
         while st.seqs.len() <= i {
             let mut seq = st.template.clone();
-            // Distinct tool-call ids per sequence and request.
-            let seed = o.request_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ st.seqs.len() as u64;
-            seq.tools = seq.tools.map(|t| t.with_id_seed(seed));
+            // Unpredictable tool-call ids, distinct per sequence.
+            seq.tools = seq.tools.map(|t| t.with_id_seed(rand::random()));
             st.seqs.push(seq);
         }
         let mut events = Vec::new();

@@ -4,11 +4,13 @@
 //! `ctx - n_q + i` and attends to positions `0..=that` (or the sliding window before it).
 //! Keys and values are found through the sequence's block table only.
 
+use super::qdot::{available, best_isa, Isa};
 use super::scratch::with_scratch;
 use super::SyncPtr;
 use crate::backend::AttnMeta;
 use crate::kv::KvLayer;
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 pub fn paged_attention(q: &[f32], cache: &KvLayer, meta: &AttnMeta, out: &mut [f32]) {
     let num_seqs = meta.seq_lens.len();
@@ -31,12 +33,73 @@ pub fn paged_attention(q: &[f32], cache: &KvLayer, meta: &AttnMeta, out: &mut [f
                     )
                 };
                 let qv = &q[(row * heads + h) * meta.head_dim..][..meta.head_dim];
-                attend_one(qv, h, pos, table, cache, meta, &mut scores[..pos + 1], o);
+                attend(qv, h, pos, table, cache, meta, &mut scores[..pos + 1], o);
             }
         });
     });
 }
 
+/// One query row of one head, with the widest vector unit the CPU has: the same code,
+/// compiled for AVX-512 or AVX2 (this crate's baseline is SSE2).
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    qv: &[f32],
+    h: usize,
+    pos: usize,
+    table: &[u32],
+    cache: &KvLayer,
+    meta: &AttnMeta,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa()` found the features these variants are compiled for.
+        Isa::Avx512 => unsafe { attend_avx512(qv, h, pos, table, cache, meta, scores, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { attend_avx2(qv, h, pos, table, cache, meta, scores, out) },
+        _ => attend_one(qv, h, pos, table, cache, meta, scores, out),
+    }
+}
+
+fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| best_isa(available))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn attend_avx512(
+    qv: &[f32],
+    h: usize,
+    pos: usize,
+    table: &[u32],
+    cache: &KvLayer,
+    meta: &AttnMeta,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_one(qv, h, pos, table, cache, meta, scores, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(
+    qv: &[f32],
+    h: usize,
+    pos: usize,
+    table: &[u32],
+    cache: &KvLayer,
+    meta: &AttnMeta,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_one(qv, h, pos, table, cache, meta, scores, out)
+}
+
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn attend_one(
     qv: &[f32],
@@ -63,7 +126,7 @@ fn attend_one(
     }
     let mut sum = 0.0f32;
     for s in &mut scores[lo..=pos] {
-        *s = (*s - max).exp();
+        *s = exp_nonpositive(*s - max);
         sum += *s;
     }
     let inv = 1.0 / sum;
@@ -77,7 +140,32 @@ fn attend_one(
     }
 }
 
+/// e^x for x <= 0 (scores minus their maximum) in plain arithmetic, so that loops over it
+/// vectorise: x = n ln2 + r with |r| <= ln2/2, e^r by its degree-6 Taylor polynomial
+/// (relative error below 2e-7), times 2^n built from the exponent bits. Below -87 the result
+/// is 0 (e^-87 is under f32's normal range).
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let xc = x.max(-87.0);
+    let n = (xc * LOG2E).round();
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    if x < -87.0 {
+        0.0
+    } else {
+        p * scale
+    }
+}
+
 /// f32 dot product with independent partial sums (vectorises without fast-math).
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -155,6 +243,21 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn exp_nonpositive_is_accurate() {
+        for i in 0..=20000 {
+            let x = -(i as f32) * 0.005;
+            let (got, want) = (exp_nonpositive(x) as f64, (x as f64).exp());
+            // Below -87 the result is 0: an absolute error under 2e-38.
+            assert!(
+                (got - want).abs() <= 3e-7 * want + 2e-38,
+                "e^{x}: {got} vs {want}"
+            );
+        }
+        assert_eq!(exp_nonpositive(-200.0), 0.0);
+        assert_eq!(exp_nonpositive(0.0), 1.0);
     }
 
     #[test]
