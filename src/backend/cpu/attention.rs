@@ -9,6 +9,7 @@ use super::scratch::with_scratch;
 use super::SyncPtr;
 use crate::backend::AttnMeta;
 use crate::kv::KvLayer;
+use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -22,6 +23,11 @@ pub fn paged_attention(q: &[f32], cache: &KvLayer, meta: &AttnMeta, out: &mut [f
         let ctx = meta.seq_lens[s] as usize;
         let table =
             &meta.block_tables[s * meta.max_blocks_per_seq..(s + 1) * meta.max_blocks_per_seq];
+        if rows.len() >= MIN_ROWS_FOR_GEMM {
+            // SAFETY: (row, head h) output slots are written by this task only.
+            unsafe { attend_rows_gemm(q, h, rows, ctx, table, cache, meta, out_ptr) };
+            return;
+        }
         with_scratch(ctx, |scores| {
             for (i, row) in rows.clone().enumerate() {
                 let pos = ctx - rows.len() + i;
@@ -37,6 +43,135 @@ pub fn paged_attention(q: &[f32], cache: &KvLayer, meta: &AttnMeta, out: &mut [f
             }
         });
     });
+}
+
+/// From this many query rows of a sequence on (prefill chunks), a head's attention runs as
+/// two matrix products over its gathered keys and values instead of row by row.
+const MIN_ROWS_FOR_GEMM: usize = 8;
+/// Query rows per pair of products (bounds the scores buffer to this many rows x context).
+const GEMM_ROW_TILE: usize = 128;
+
+/// Per-thread buffers of the matrix-product path: one head's keys and values gathered
+/// from the paged cache, and a tile's scores.
+#[derive(Default)]
+struct GemmScratch {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+thread_local! {
+    static GEMM_SCRATCH: std::cell::RefCell<GemmScratch> = std::cell::RefCell::default();
+}
+
+/// Attention of a sequence's query `rows` for head `h`: S = Q K^T * scale, a causal (and
+/// sliding-window) softmax per row, O = P V, with the `gemm` crate on this thread.
+///
+/// # Safety
+/// `out` must hold every (row, head) slot of `rows`, written by this call only.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_rows_gemm(
+    q: &[f32],
+    h: usize,
+    rows: std::ops::Range<usize>,
+    ctx: usize,
+    table: &[u32],
+    cache: &KvLayer,
+    meta: &AttnMeta,
+    out: SyncPtr,
+) {
+    let (hd, heads) = (meta.head_dim, meta.num_heads);
+    let kvh = h / (heads / meta.num_kv_heads);
+    let bs = cache.block_size;
+    GEMM_SCRATCH.with(|cell| {
+        let mut sc = cell.borrow_mut();
+        let sc = &mut *sc;
+        sc.k.resize(ctx * hd, 0.0);
+        sc.v.resize(ctx * hd, 0.0);
+        for j in 0..ctx {
+            let src = (table[j / bs] as usize * bs + j % bs) * cache.row_len + kvh * hd;
+            sc.k[j * hd..(j + 1) * hd].copy_from_slice(&cache.k[src..src + hd]);
+            sc.v[j * hd..(j + 1) * hd].copy_from_slice(&cache.v[src..src + hd]);
+        }
+        let n_q = rows.len();
+        let mut r0 = 0;
+        while r0 < n_q {
+            let tn = GEMM_ROW_TILE.min(n_q - r0);
+            let first_pos = ctx - n_q + r0;
+            // Keys past the tile's last row are masked for every row of it.
+            let width = first_pos + tn;
+            sc.scores.resize(tn * width, 0.0);
+            let q0 = q.as_ptr().add(((rows.start + r0) * heads + h) * hd);
+            gemm::gemm(
+                tn,
+                width,
+                hd,
+                sc.scores.as_mut_ptr(),
+                1,
+                width as isize,
+                false,
+                q0,
+                1,
+                (heads * hd) as isize,
+                sc.k.as_ptr(),
+                hd as isize,
+                1,
+                0.0,
+                meta.scale,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+            for i in 0..tn {
+                let pos = first_pos + i;
+                let lo = meta
+                    .sliding_window
+                    .map_or(0, |w| (pos + 1).saturating_sub(w));
+                softmax_row(&mut sc.scores[i * width..(i + 1) * width], lo, pos);
+            }
+            let o0 = out.get().add(((rows.start + r0) * heads + h) * hd);
+            gemm::gemm(
+                tn,
+                hd,
+                width,
+                o0,
+                1,
+                (heads * hd) as isize,
+                false,
+                sc.scores.as_ptr(),
+                1,
+                width as isize,
+                sc.v.as_ptr(),
+                1,
+                hd as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+            r0 += tn;
+        }
+    });
+}
+
+/// Softmax of `row[lo..=pos]` in place; every other entry becomes 0.
+fn softmax_row(row: &mut [f32], lo: usize, pos: usize) {
+    let max = row[lo..=pos]
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for s in &mut row[lo..=pos] {
+        *s = exp_nonpositive(*s - max);
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    row[lo..=pos].iter_mut().for_each(|s| *s *= inv);
+    row[..lo].fill(0.0);
+    row[pos + 1..].fill(0.0);
 }
 
 /// One query row of one head, with the widest vector unit the CPU has: the same code,
@@ -265,9 +400,14 @@ mod tests {
         let (heads, kv_heads, hd, bs) = (4, 2, 8, 4);
         // Two sequences: a chunk of 5 rows at the end of a 13-token context, and a decode row
         // at position 6; blocks deliberately scattered.
-        let seqs = [(13usize, 5usize, vec![7u32, 2, 9, 0]), (7, 1, vec![5, 1])];
+        // A third sequence's 20-row chunk takes the matrix-product path.
+        let seqs = [
+            (13usize, 5usize, vec![7u32, 2, 9, 0]),
+            (7, 1, vec![5, 1]),
+            (30, 20, vec![3, 8, 4, 6, 10, 11, 12, 13]),
+        ];
         for window in [None, Some(4)] {
-            let mut cache = KvCache::new(1, 10, bs, kv_heads * hd);
+            let mut cache = KvCache::new(1, 14, bs, kv_heads * hd);
             let layer = &mut cache.layers[0];
             let (mut q_all, mut want, mut qsl, mut lens, mut tables) =
                 (vec![], vec![], vec![0u32], vec![], vec![]);
@@ -288,14 +428,14 @@ mod tests {
                 qsl.push(qsl.last().unwrap() + *n_q as u32);
                 lens.push(*ctx as u32);
                 let mut t = table.clone();
-                t.resize(4, 0);
+                t.resize(8, 0);
                 tables.extend(t);
             }
             let meta = AttnMeta {
                 query_start_loc: &qsl,
                 seq_lens: &lens,
                 block_tables: &tables,
-                max_blocks_per_seq: 4,
+                max_blocks_per_seq: 8,
                 num_heads: heads,
                 num_kv_heads: kv_heads,
                 head_dim: hd,
