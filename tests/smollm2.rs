@@ -176,3 +176,67 @@ fn int8_activation_path_stays_close_to_transformers() {
         "the int8 option had no effect: the outputs equal the exact path's"
     );
 }
+
+/// The fast path's divergence from the exact path at every prompt position of the fixture
+/// prompts: top-1 agreement and mean |Δ logprob| of the exact path's top-5 tokens. Printed
+/// (BENCHMARKS.md states them), with bounds that catch a broken kernel.
+#[test]
+fn int8_and_exact_paths_agree_on_top1() {
+    let expected = read_json(&fixtures().join("smollm2").join("expected_f32_weights.json"));
+    let prompts: Vec<Vec<u32>> = expected["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| ids(&p["ids"]))
+        .collect();
+    let run = |precision| {
+        let opts = llmrt::EngineConfig {
+            num_threads: 2,
+            max_model_len: Some(512),
+            matmul_precision: precision,
+            ..Default::default()
+        };
+        let mut llm = llmrt::Llm::load(&model_path(), opts).unwrap();
+        let requests = prompts
+            .iter()
+            .map(|p| llmrt::GenerateRequest {
+                prompt_token_ids: p.clone(),
+                params: llmrt::SamplingParams::greedy(1),
+                return_prompt_logits: true,
+            })
+            .collect();
+        llm.generate(requests, |_, _| {}).unwrap()
+    };
+    use llmrt::backend::cpu::MatmulPrecision::{Exact, Int8Activations};
+    let (fast, exact) = (run(Int8Activations), run(Exact));
+    let vocab = 49152;
+    let (mut agree, mut positions, mut dsum, mut dn) = (0usize, 0usize, 0f64, 0usize);
+    for (f, e) in fast.iter().zip(&exact) {
+        let (fl, el) = (
+            f.prompt_logits.as_ref().unwrap(),
+            e.prompt_logits.as_ref().unwrap(),
+        );
+        for (fr, er) in fl.chunks_exact(vocab).zip(el.chunks_exact(vocab)) {
+            let (flp, elp) = (log_softmax(fr), log_softmax(er));
+            let mut order: Vec<usize> = (0..vocab).collect();
+            order.sort_by(|&a, &b| elp[b].total_cmp(&elp[a]));
+            let fast_top = (0..vocab)
+                .max_by(|&a, &b| flp[a].total_cmp(&flp[b]))
+                .unwrap();
+            agree += (fast_top == order[0]) as usize;
+            positions += 1;
+            for &t in &order[..5] {
+                dsum += (flp[t] - elp[t]).abs();
+                dn += 1;
+            }
+        }
+    }
+    let agreement = agree as f64 / positions as f64;
+    let mean_delta = dsum / dn as f64;
+    eprintln!(
+        "int8 vs exact over {positions} prompt positions: top-1 agreement {:.1}%, mean |Δlogprob| of the exact top-5 {mean_delta:.4}",
+        100.0 * agreement
+    );
+    assert!(agreement > 0.85, "top-1 agreement {agreement}");
+    assert!(mean_delta < 0.15, "mean |Δlogprob| {mean_delta}");
+}
