@@ -103,6 +103,19 @@ pub trait Backend: Send + Sync {
         bias: Option<&Weight>,
         out: &mut Self::Buf,
     );
+    /// `linear` for several weights over the same input (q/k/v, gate/up; at most
+    /// `cpu::linear::MAX_FUSED`), which a backend may run as one operation.
+    fn linear_many(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        ws: &[(&Weight, Option<&Weight>)],
+        outs: &mut [&mut Self::Buf],
+    ) {
+        for ((w, b), out) in ws.iter().zip(outs.iter_mut()) {
+            self.linear(x, rows, w, *b, out);
+        }
+    }
     /// Rotates q (`num_heads` heads per row) and k (`num_kv_heads`) by each row's position.
     fn rope(
         &self,

@@ -291,9 +291,16 @@ fn attention_block<B: Backend>(
     l: usize,
     ws: &mut Workspace<B::Buf>,
 ) {
-    b.linear(&ws.normed, n, &layer.q, layer.q_bias.as_ref(), &mut ws.q);
-    b.linear(&ws.normed, n, &layer.k, layer.k_bias.as_ref(), &mut ws.k);
-    b.linear(&ws.normed, n, &layer.v, layer.v_bias.as_ref(), &mut ws.v);
+    b.linear_many(
+        &ws.normed,
+        n,
+        &[
+            (&layer.q, layer.q_bias.as_ref()),
+            (&layer.k, layer.k_bias.as_ref()),
+            (&layer.v, layer.v_bias.as_ref()),
+        ],
+        &mut [&mut ws.q, &mut ws.k, &mut ws.v],
+    );
     if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
         b.head_rms_norm(&mut ws.q, n * s.q_size(), qn, s.rms_norm_eps);
         b.head_rms_norm(&mut ws.k, n * s.kv_size(), kn, s.rms_norm_eps);
@@ -320,8 +327,12 @@ fn ffn_block<B: Backend>(
 ) {
     match &layer.ffn {
         Ffn::Dense(m) => {
-            b.linear(&ws.normed, n, &m.gate, None, &mut ws.gate);
-            b.linear(&ws.normed, n, &m.up, None, &mut ws.up);
+            b.linear_many(
+                &ws.normed,
+                n,
+                &[(&m.gate, None), (&m.up, None)],
+                &mut [&mut ws.gate, &mut ws.up],
+            );
             b.silu_mul(&ws.gate, &ws.up, n * m.gate.rows(), &mut ws.act);
             b.linear(&ws.act, n, &m.down, None, &mut ws.hidden);
         }

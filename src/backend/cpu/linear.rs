@@ -175,75 +175,179 @@ thread_local! {
 }
 
 fn q8_linear(x: &[f32], rows: usize, w: &Weight, out: &mut [f32]) {
+    q8_linear_many(x, rows, &[w], &mut [out]);
+}
+
+/// Several weights over the same input (q/k/v, gate/up): the activations are quantized
+/// once and every weight's rows are shared out in one parallel dispatch.
+fn q8_linear_many(x: &[f32], rows: usize, ws: &[&Weight], outs: &mut [&mut [f32]]) {
     ACTS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut acts) => q8_linear_with(&mut acts, x, rows, w, out),
+        Ok(mut acts) => q8_linear_with(&mut acts, x, rows, ws, outs),
         // Re-entered on this thread (not the case in this crate): a temporary buffer.
-        Err(_) => q8_linear_with(&mut Q8Acts::new(), x, rows, w, out),
+        Err(_) => q8_linear_with(&mut Q8Acts::new(), x, rows, ws, outs),
     })
 }
 
-fn q8_linear_with(acts: &mut Q8Acts, x: &[f32], rows: usize, w: &Weight, out: &mut [f32]) {
-    let (n_out, k) = (w.rows(), w.cols());
-    if rows == 0 || n_out == 0 {
+/// Weight `w`'s output rows `start..start + n`.
+#[derive(Clone, Copy)]
+struct Job {
+    w: usize,
+    start: usize,
+    n: usize,
+}
+
+/// Most weights `linear_many` runs in one dispatch (q/k/v).
+pub const MAX_FUSED: usize = 4;
+
+fn q8_linear_with(
+    acts: &mut Q8Acts,
+    x: &[f32],
+    rows: usize,
+    ws: &[&Weight],
+    outs: &mut [&mut [f32]],
+) {
+    assert!(ws.len() <= MAX_FUSED && ws.len() == outs.len());
+    let k = ws[0].cols();
+    if rows == 0 || ws.iter().all(|w| w.rows() == 0) {
         return;
     }
     acts.quantize(x, rows, k);
     let acts = &*acts;
-    let rb = w.row_bytes_len();
-    let wb = w.bytes();
-    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let mut out_ptrs = [SyncPtr(std::ptr::null_mut()); MAX_FUSED];
+    for (p, o) in out_ptrs.iter_mut().zip(outs.iter_mut()) {
+        *p = SyncPtr(o.as_mut_ptr());
+    }
     let threads = rayon::current_num_threads();
-    if rows <= Q8_MAX_ROWS_FOR_DOT {
-        // Few tokens: weight rows in chunks of up to 512 rows, one chunk a thread for small
-        // matrices (a task costs microseconds: a task per 64 rows made the 49k-row output
-        // projection dispatch-bound).
-        const CHUNK: usize = 512;
-        let chunk = n_out
+    // Few tokens: chunks of up to 512 weight rows, one chunk a thread for small matrices
+    // (a task costs microseconds: a task per 64 rows made the 49k-row output projection
+    // dispatch-bound). Many tokens: tiles of TILE_ROWS rows.
+    let few = rows <= Q8_MAX_ROWS_FOR_DOT;
+    let total: usize = ws.iter().map(|w| w.rows()).sum();
+    let chunk = if few {
+        total
             .div_ceil(threads)
             .next_multiple_of(16)
-            .clamp(16, CHUNK);
-        let xs: [Q8Row; Q8_MAX_ROWS_FOR_DOT] = std::array::from_fn(|t| acts.row(t.min(rows - 1)));
-        let xs = &xs[..rows];
-        (0..n_out.div_ceil(chunk)).into_par_iter().for_each(|c| {
-            let start = c * chunk;
-            let n = chunk.min(n_out - start);
-            let mut buf = [0f32; CHUNK * Q8_MAX_ROWS_FOR_DOT];
-            let buf = &mut buf[..n * rows];
-            qdot_q8::dot_rows(w.dtype, &wb[start * rb..(start + n) * rb], k, xs, buf);
-            for (i, o) in buf.chunks_exact(rows).enumerate() {
-                for (t, &v) in o.iter().enumerate() {
-                    // SAFETY: each (t, r) is written by exactly one task; index in bounds.
-                    unsafe { *out_ptr.get().add(t * n_out + start + i) = v };
+            .clamp(16, DOT_CHUNK)
+    } else {
+        qdot_q8::TILE_ROWS
+    };
+    // Jobs are numbered weight after weight; no list is built.
+    let mut first_job = [0usize; MAX_FUSED + 1];
+    for (i, w) in ws.iter().enumerate() {
+        first_job[i + 1] = first_job[i] + w.rows().div_ceil(chunk);
+    }
+    let num_jobs = first_job[ws.len()];
+    let xs: [Q8Row; Q8_MAX_ROWS_FOR_DOT] = std::array::from_fn(|t| acts.row(t.min(rows - 1)));
+    (0..num_jobs).into_par_iter().for_each(|j| {
+        let wi = (0..ws.len())
+            .rfind(|&i| first_job[i] <= j)
+            .expect("job 0 exists");
+        let w = ws[wi];
+        let start = (j - first_job[wi]) * chunk;
+        let job = Job {
+            w: wi,
+            start,
+            n: chunk.min(w.rows() - start),
+        };
+        let rb = w.row_bytes_len();
+        let wb = &w.bytes()[job.start * rb..(job.start + job.n) * rb];
+        let out = out_ptrs[job.w];
+        if few {
+            dot_job(w, wb, k, &xs[..rows], job, out);
+        } else {
+            tile_job(w, wb, rows, acts, job, w.rows(), out);
+        }
+    });
+}
+
+/// Weight rows per task at most, with few tokens.
+const DOT_CHUNK: usize = 512;
+
+/// Few tokens: row dots from the stored blocks.
+fn dot_job(w: &Weight, wb: &[u8], k: usize, xs: &[Q8Row], job: Job, out: SyncPtr) {
+    let rows = xs.len();
+    let n_out = w.rows();
+    let mut buf = [0f32; DOT_CHUNK * Q8_MAX_ROWS_FOR_DOT];
+    let buf = &mut buf[..job.n * rows];
+    qdot_q8::dot_rows(w.dtype, wb, k, xs, buf);
+    for (i, o) in buf.chunks_exact(rows).enumerate() {
+        for (t, &v) in o.iter().enumerate() {
+            // SAFETY: each (t, r) is written by exactly one job; index in bounds.
+            unsafe { *out.get().add(t * n_out + job.start + i) = v };
+        }
+    }
+}
+
+/// Many tokens: one tile of the integer matrix product.
+fn tile_job(
+    w: &Weight,
+    wb: &[u8],
+    rows: usize,
+    acts: &Q8Acts,
+    job: Job,
+    n_out: usize,
+    out: SyncPtr,
+) {
+    let tr = qdot_q8::TILE_ROWS;
+    TILE_OUT.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < rows * tr {
+            buf.resize(rows * tr, 0.0);
+        }
+        qdot_q8::gemm_tile(w.dtype, wb, job.n, acts, &mut buf);
+        for t in 0..rows {
+            let src = &buf[t * tr..t * tr + job.n];
+            // SAFETY: this job alone writes columns start..start+n of every row.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(out.get().add(t * n_out + job.start), job.n)
+            };
+            dst.copy_from_slice(src);
+        }
+    });
+}
+
+/// `outs[i] = x · ws[i]ᵀ + bias[i]` for weights sharing the input `x` (`rows` rows of
+/// `ws[i].cols()` values, equal for all). With int8 activations and quantized weights the
+/// input is quantized once and all weights run in one parallel dispatch; otherwise each
+/// weight runs as `linear`.
+pub fn linear_many(
+    x: &[f32],
+    rows: usize,
+    ws: &[(&Weight, Option<&Weight>)],
+    outs: &mut [&mut [f32]],
+    precision: MatmulPrecision,
+) {
+    let k = ws[0].0.cols();
+    let fused = precision == MatmulPrecision::Int8Activations
+        && ws
+            .iter()
+            .all(|(w, _)| qdot_q8::supported(w.dtype) && w.cols() == k);
+    if !fused {
+        for ((w, b), out) in ws.iter().zip(outs.iter_mut()) {
+            linear(x, rows, w, *b, out, precision);
+        }
+        return;
+    }
+    assert!(ws.len() <= MAX_FUSED && ws.len() == outs.len());
+    let mut weights: [&Weight; MAX_FUSED] = [ws[0].0; MAX_FUSED];
+    for (slot, (w, _)) in weights.iter_mut().zip(ws) {
+        *slot = w;
+    }
+    let weights = &weights[..ws.len()];
+    for (o, w) in outs.iter_mut().zip(weights) {
+        let n = rows * w.rows();
+        *o = &mut std::mem::take(o)[..n];
+    }
+    q8_linear_many(&x[..rows * k], rows, weights, outs);
+    for ((w, bias), out) in ws.iter().zip(outs.iter_mut()) {
+        if let Some(b) = bias {
+            let b = b.as_f32().expect("biases are f32 (converted at load)");
+            for row in out.chunks_exact_mut(w.rows()) {
+                for (o, bv) in row.iter_mut().zip(b) {
+                    *o += bv;
                 }
             }
-        });
-    } else {
-        let tr = qdot_q8::TILE_ROWS;
-        (0..n_out.div_ceil(tr)).into_par_iter().for_each(|tile| {
-            let start = tile * tr;
-            let n = tr.min(n_out - start);
-            TILE_OUT.with(|cell| {
-                let mut buf = cell.borrow_mut();
-                if buf.len() < rows * tr {
-                    buf.resize(rows * tr, 0.0);
-                }
-                qdot_q8::gemm_tile(
-                    w.dtype,
-                    &wb[start * rb..(start + n) * rb],
-                    n,
-                    acts,
-                    &mut buf,
-                );
-                for t in 0..rows {
-                    let src = &buf[t * tr..t * tr + n];
-                    // SAFETY: this task alone writes columns start..start+n of every row.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(out_ptr.get().add(t * n_out + start), n)
-                    };
-                    dst.copy_from_slice(src);
-                }
-            });
-        });
+        }
     }
 }
 

@@ -148,6 +148,23 @@ impl Backend for CpuBackend {
             .install(|| linear::linear(x, rows, w, bias, out, p));
     }
 
+    fn linear_many(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        ws: &[(&Weight, Option<&Weight>)],
+        outs: &mut [&mut Vec<f32>],
+    ) {
+        let p = self.precision;
+        let mut slices: [&mut [f32]; linear::MAX_FUSED] = Default::default();
+        let n = outs.len().min(linear::MAX_FUSED);
+        for (s, o) in slices.iter_mut().zip(outs.iter_mut()) {
+            *s = o.as_mut_slice();
+        }
+        self.pool
+            .install(|| linear::linear_many(x, rows, ws, &mut slices[..n], p));
+    }
+
     fn rope(
         &self,
         q: &mut Vec<f32>,
