@@ -24,7 +24,7 @@ pub mod output;
 
 pub use config::EngineConfig;
 pub use engine::{CoreRequest, Engine};
-pub use llm::{CompletionOutput, GenerateRequest, Llm, RequestOutput};
+pub use llm::{sequences_from_events, CompletionOutput, GenerateRequest, Llm, RequestOutput};
 pub use output::{Event, Usage};
 pub use sample::{LogprobsMode, SamplingParams};
 pub use sched::FinishReason;

@@ -63,51 +63,75 @@ pub struct RequestOutput {
     pub prompt_logits: Option<Vec<f32>>,
 }
 
-impl RequestOutput {
-    fn apply(&mut self, e: Event) {
-        let i = e.index as usize;
-        while self.outputs.len() <= i {
-            self.outputs.push(CompletionOutput {
-                index: self.outputs.len() as u32,
-                token_ids: vec![],
-                text: String::new(),
-                finish_reason: FinishReason::Length,
-                stop_string: None,
-                stop_token_id: None,
-                cumulative_logprob: None,
-                logprobs: vec![],
-                reasoning_content: String::new(),
-                tool_calls: vec![],
-            });
+impl CompletionOutput {
+    pub fn new(index: u32) -> Self {
+        CompletionOutput {
+            index,
+            token_ids: vec![],
+            text: String::new(),
+            finish_reason: FinishReason::Length,
+            stop_string: None,
+            stop_token_id: None,
+            cumulative_logprob: None,
+            logprobs: vec![],
+            reasoning_content: String::new(),
+            tool_calls: vec![],
         }
-        let o = &mut self.outputs[i];
-        o.token_ids.extend(e.token_ids);
-        o.text.push_str(&e.text);
-        o.reasoning_content.push_str(&e.reasoning);
-        for c in e.tool_calls {
-            match o.tool_calls.get_mut(c.index) {
+    }
+
+    /// Adds one of this sequence's events (tool-call pieces joined by call index).
+    pub fn push_event(&mut self, e: &Event) {
+        self.token_ids.extend(&e.token_ids);
+        self.text.push_str(&e.text);
+        self.reasoning_content.push_str(&e.reasoning);
+        for c in &e.tool_calls {
+            match self.tool_calls.get_mut(c.index) {
                 Some(call) => call.arguments.push_str(&c.arguments),
-                None => o.tool_calls.push(ToolCall {
-                    id: c.id.unwrap_or_default(),
-                    name: c.name.unwrap_or_default(),
-                    arguments: c.arguments,
+                None => self.tool_calls.push(ToolCall {
+                    id: c.id.clone().unwrap_or_default(),
+                    name: c.name.clone().unwrap_or_default(),
+                    arguments: c.arguments.clone(),
                 }),
             }
         }
-        o.logprobs.extend(e.logprobs);
+        self.logprobs.extend(e.logprobs.iter().cloned());
         if e.cumulative_logprob.is_some() {
-            o.cumulative_logprob = e.cumulative_logprob;
+            self.cumulative_logprob = e.cumulative_logprob;
         }
         if let Some(r) = e.finish_reason {
-            o.finish_reason = r;
-            o.stop_string = e.stop_string;
-            o.stop_token_id = e.stop_token_id;
+            self.finish_reason = r;
+            self.stop_string.clone_from(&e.stop_string);
+            self.stop_token_id = e.stop_token_id;
         }
+    }
+}
+
+/// Folds one request's events into its sequences, by index.
+pub fn sequences_from_events<'a>(
+    outputs: &mut Vec<CompletionOutput>,
+    events: impl IntoIterator<Item = &'a Event>,
+) {
+    for e in events {
+        let i = e.index as usize;
+        while outputs.len() <= i {
+            outputs.push(CompletionOutput::new(outputs.len() as u32));
+        }
+        outputs[i].push_event(e);
+    }
+}
+
+impl RequestOutput {
+    fn apply(&mut self, e: Event) {
+        sequences_from_events(&mut self.outputs, [&e]);
         self.prompt_logprobs.extend(e.prompt_logprobs);
         if let Some(u) = e.usage {
             self.num_cached_tokens = u.cached_prompt_tokens;
         }
-        if i == 0 {
+    }
+
+    /// The first sequence's fields at the top level, once the request is done.
+    fn finish(&mut self) {
+        if let Some(o) = self.outputs.first() {
             self.token_ids.clone_from(&o.token_ids);
             self.text.clone_from(&o.text);
             self.finish_reason = o.finish_reason;
@@ -224,6 +248,7 @@ impl Llm {
                 }
             }
         }
+        outputs.iter_mut().for_each(RequestOutput::finish);
         Ok(outputs)
     }
 }

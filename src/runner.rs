@@ -338,13 +338,13 @@ impl SampleContext {
     /// request's seed plus the sequence index, or from the engine seed and the id).
     fn seq(&mut self, s: &ScheduledRequest, seq_id: RequestId, seq_index: u32) -> &mut SeqState {
         let p = &s.params;
-        let seed = match p.seed {
-            Some(seed) => seed.wrapping_add(seq_index as u64),
-            None => self.seed ^ seq_id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        };
+        let engine_seed = self.seed;
         let matchers = &mut self.matchers;
         self.seqs.entry(seq_id).or_insert_with(|| SeqState {
-            rng: RequestRng::new(seed),
+            rng: RequestRng::new(match p.seed {
+                Some(seed) => seed.wrapping_add(seq_index as u64),
+                None => engine_seed ^ seq_id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            }),
             hist: SeqHistory::new(p, s.prompt_token_ids.as_deref().unwrap_or(&[])),
             matcher: matchers.remove(&seq_id),
         })

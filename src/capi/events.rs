@@ -311,6 +311,11 @@ unsafe fn write_logprob(
     true
 }
 
+/// The number of alternatives recorded at `position` of a list (0 when none).
+fn top_count(list: &[TokenLogprobs], position: usize) -> usize {
+    list.get(position).map_or(0, |p| p.top.len())
+}
+
 /// Entry `position` of a list, or its `k`-th alternative.
 fn entry(list: &[TokenLogprobs], position: usize, k: Option<usize>) -> Option<Logprob> {
     let p = list.get(position)?;
@@ -448,9 +453,7 @@ pub unsafe extern "C" fn llmrt_event_top_logprobs_count(
     position: usize,
 ) -> usize {
     value_guard(0, || {
-        event(events, index)
-            .and_then(|e| e.logprobs.get(position))
-            .map_or(0, |p| p.top.len())
+        event(events, index).map_or(0, |e| top_count(&e.logprobs, position))
     })
 }
 
@@ -520,9 +523,7 @@ pub unsafe extern "C" fn llmrt_event_prompt_top_logprobs_count(
     position: usize,
 ) -> usize {
     value_guard(0, || {
-        event(events, index)
-            .and_then(|e| e.prompt_logprobs.get(position))
-            .map_or(0, |p| p.top.len())
+        event(events, index).map_or(0, |e| top_count(&e.prompt_logprobs, position))
     })
 }
 

@@ -238,16 +238,19 @@ impl OutputProcessor {
             }
         }
         let done = o.request_finished || st.num_finished() >= st.num_expected;
+        // The request's prompt logprobs ride on its first event (closing makes one).
+        let prompt_logprobs = if done || !events.is_empty() {
+            std::mem::take(&mut st.prompt_logprobs)
+        } else {
+            vec![]
+        };
         if done {
             let reason = o.finish_reason.unwrap_or(FinishReason::Abort);
             let st = self.requests.remove(&o.request_id).expect("request state");
             close_request(o.request_id, st, reason, now, metrics, &mut events);
         }
-        // The request's prompt logprobs ride on its first event.
-        if let Some(st) = self.requests.get_mut(&o.request_id) {
-            if let Some(e) = events.first_mut() {
-                e.prompt_logprobs = std::mem::take(&mut st.prompt_logprobs);
-            }
+        if let Some(e) = events.first_mut() {
+            e.prompt_logprobs = prompt_logprobs;
         }
         events
     }
@@ -456,8 +459,5 @@ fn close_request(
     match reason {
         FinishReason::Abort => metrics.requests_aborted += 1,
         _ => metrics.requests_finished += 1,
-    }
-    if !st.prompt_logprobs.is_empty() {
-        events[0].prompt_logprobs = std::mem::take(&mut st.prompt_logprobs);
     }
 }

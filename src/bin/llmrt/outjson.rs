@@ -1,7 +1,7 @@
 //! The JSON shapes `generate --output json` and `batch` print for sequences and logprobs.
 
 use llmrt::sample::TokenLogprobs;
-use llmrt::{CompletionOutput, Event, FinishReason};
+use llmrt::{CompletionOutput, Event};
 use serde_json::{json, Value};
 
 /// `[[token_id, logprob], ...]` (the top entries, most likely first) per position.
@@ -53,35 +53,7 @@ pub fn sequence_json(o: &CompletionOutput, with_logprobs: bool) -> Value {
 
 /// Folds a request's events into its sequences, by index.
 pub fn sequences_from_events(events: &[Event]) -> Vec<CompletionOutput> {
-    let mut seqs: Vec<CompletionOutput> = Vec::new();
-    for e in events {
-        let i = e.index as usize;
-        while seqs.len() <= i {
-            seqs.push(CompletionOutput {
-                index: seqs.len() as u32,
-                token_ids: vec![],
-                text: String::new(),
-                finish_reason: FinishReason::Length,
-                stop_string: None,
-                stop_token_id: None,
-                cumulative_logprob: None,
-                logprobs: vec![],
-                reasoning_content: String::new(),
-                tool_calls: vec![],
-            });
-        }
-        let s = &mut seqs[i];
-        s.token_ids.extend(&e.token_ids);
-        s.text.push_str(&e.text);
-        s.logprobs.extend(e.logprobs.iter().cloned());
-        if e.cumulative_logprob.is_some() {
-            s.cumulative_logprob = e.cumulative_logprob;
-        }
-        if let Some(r) = e.finish_reason {
-            s.finish_reason = r;
-            s.stop_string.clone_from(&e.stop_string);
-            s.stop_token_id = e.stop_token_id;
-        }
-    }
+    let mut seqs = Vec::new();
+    llmrt::sequences_from_events(&mut seqs, events);
     seqs
 }
