@@ -46,8 +46,6 @@ pub struct BeamGroup {
     /// This round's reports, by live index.
     pub reports: Vec<Option<TokenLogprobs>>,
     pub completed: Vec<Beam>,
-    /// Sequence ids handed out (index in the request), for fresh ids.
-    pub next_seq_index: u32,
 }
 
 impl BeamGroup {
@@ -168,7 +166,6 @@ mod tests {
                 .collect(),
             reports: vec![None; live],
             completed: vec![],
-            next_seq_index: 1,
         }
     }
 

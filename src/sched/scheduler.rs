@@ -127,7 +127,6 @@ impl Scheduler {
                     }],
                     reports: vec![None],
                     completed: vec![],
-                    next_seq_index: 1,
                 },
             );
         } else {

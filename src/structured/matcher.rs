@@ -193,17 +193,23 @@ fn json_schema(schema: Value, spec: &StructuredOutputs) -> Value {
     if spec.disable_additional_properties {
         close_objects(&mut schema);
     }
-    let defaults = spec.whitespace_pattern.is_none() && !spec.disable_any_whitespace;
-    if schema.is_object() && !defaults && schema.get("x-guidance").is_none() {
+    if schema.is_object() && schema.get("x-guidance").is_none() {
+        // Flexible whitespace is bounded per gap between JSON tokens (as llama.cpp's JSON
+        // grammars do): an unbounded run lets a small model wander in whitespace until
+        // max_tokens.
+        let bounded = (!spec.disable_any_whitespace).then(|| BOUNDED_WHITESPACE.to_string());
         let opts = JsonCompileOptions {
             whitespace_flexible: !spec.disable_any_whitespace,
-            whitespace_pattern: spec.whitespace_pattern.clone(),
+            whitespace_pattern: spec.whitespace_pattern.clone().or(bounded),
             ..JsonCompileOptions::default()
         };
         opts.apply_to(&mut schema);
     }
     schema
 }
+
+/// JSON whitespace allowed between two tokens unless the request says otherwise.
+const BOUNDED_WHITESPACE: &str = r"[\x20\x0A\x0D\x09]{1,20}";
 
 /// `additionalProperties: false` on every object schema that does not say otherwise.
 fn close_objects(v: &mut Value) {

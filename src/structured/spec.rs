@@ -39,7 +39,8 @@ impl OutputConstraint {
 pub struct StructuredOutputs {
     pub constraint: OutputConstraint,
     /// JSON kinds: no whitespace between tokens of the JSON text (vLLM's
-    /// `disable_any_whitespace`). By default any JSON whitespace is allowed there.
+    /// `disable_any_whitespace`). By default JSON whitespace is allowed there, at most 20
+    /// characters a gap.
     pub disable_any_whitespace: bool,
     /// JSON kinds: objects of the schema that do not say `additionalProperties` get
     /// `additionalProperties: false` (vLLM's `disable_additional_properties`).
