@@ -60,7 +60,7 @@ impl ModelRunner {
     pub fn with_backend(
         backend: CpuBackend,
         spec: ArchSpec,
-        weights: ModelWeights,
+        mut weights: ModelWeights,
         cfg: &RunnerConfig,
         eos_token_ids: Vec<u32>,
     ) -> Self {
@@ -71,6 +71,7 @@ impl ModelRunner {
             cfg.block_size,
             spec.kv_size(),
         );
+        backend.prepare_weights(&mut weights);
         let decoder = Decoder::new(
             backend,
             spec,

@@ -6,6 +6,7 @@
 
 pub mod quant;
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
@@ -84,11 +85,32 @@ impl fmt::Display for DType {
 /// Something that owns bytes a `Weight` points into: a memory map or an owned buffer.
 pub trait Storage: Send + Sync {
     fn bytes(&self) -> &[u8];
+
+    /// Gives the memory of `bytes()[offset..offset + len]` back to the system where that
+    /// loses nothing (a read-only file map: the pages fault back in if read again).
+    /// Returns whether it did.
+    fn release(&self, _offset: usize, _len: usize) -> bool {
+        false
+    }
 }
 
 impl Storage for memmap2::Mmap {
     fn bytes(&self) -> &[u8] {
         self
+    }
+
+    fn release(&self, offset: usize, len: usize) -> bool {
+        // Whole pages inside the range only: a neighbouring tensor keeps its pages.
+        let page = 4096;
+        let base = self.as_ptr() as usize;
+        let start = (base + offset).next_multiple_of(page);
+        let end = (base + offset + len) / page * page;
+        if end > start {
+            // SAFETY: the range lies inside this private read-only map; MADV_DONTNEED only
+            // drops resident pages, which are re-read from the file on the next access.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        }
+        true
     }
 }
 
@@ -134,6 +156,10 @@ pub struct Weight {
     storage: Arc<dyn Storage>,
     offset: usize,
     len: usize,
+    /// A backend's copy of the rows in its own layout, made once at load.
+    packed: Option<Arc<dyn Any + Send + Sync>>,
+    /// The stored rows were freed after packing (`set_packed`).
+    rows_freed: bool,
 }
 
 impl fmt::Debug for Weight {
@@ -196,6 +222,8 @@ impl Weight {
                 storage: Arc::new(copy),
                 offset: 0,
                 len,
+                packed: None,
+                rows_freed: false,
             });
         }
         Ok(Weight {
@@ -204,6 +232,8 @@ impl Weight {
             storage,
             offset,
             len,
+            packed: None,
+            rows_freed: false,
         })
     }
 
@@ -220,7 +250,40 @@ impl Weight {
         .expect("from_f32: shape does not match the number of values")
     }
 
+    /// The backend's copy of the rows set by `set_packed`, if it is a `T`.
+    pub fn packed<T: Any>(&self) -> Option<&T> {
+        self.packed.as_deref()?.downcast_ref()
+    }
+
+    /// The backend's copy set by `set_packed`, shared.
+    pub fn packed_arc(&self) -> Option<Arc<dyn Any + Send + Sync>> {
+        self.packed.clone()
+    }
+
+    /// Whether both views are the same bytes (tied embeddings).
+    pub fn shares_bytes(&self, other: &Weight) -> bool {
+        Arc::ptr_eq(&self.storage, &other.storage)
+            && self.offset == other.offset
+            && self.len == other.len
+    }
+
+    /// Attaches a backend's copy of the rows, which the backend then reads instead of
+    /// `bytes()`, and gives the stored rows' memory back: a file map's pages are released
+    /// (they fault back in if read); an owned copy that nothing else shares (rows gathered
+    /// at load) is freed, after which `bytes()` must not be called.
+    pub fn set_packed(&mut self, packed: Arc<dyn Any + Send + Sync>) {
+        self.packed = Some(packed);
+        if !self.storage.release(self.offset, self.len) && Arc::strong_count(&self.storage) == 1 {
+            self.storage = Arc::new(AlignedBytes::from_slice(&[]));
+            self.rows_freed = true;
+        }
+    }
+
     pub fn bytes(&self) -> &[u8] {
+        assert!(
+            !self.rows_freed,
+            "the rows of {self:?} were freed after packing"
+        );
         &self.storage.bytes()[self.offset..self.offset + self.len]
     }
 
@@ -258,6 +321,8 @@ impl Weight {
             storage: self.storage.clone(),
             offset: self.offset + start * n,
             len: count * n,
+            packed: None,
+            rows_freed: false,
         }
     }
 
@@ -292,6 +357,8 @@ impl Weight {
         for &r in order {
             out.extend_from_slice(&src[r * n..(r + 1) * n]);
         }
+        // The copy replaces these rows: a file map's pages need not stay resident.
+        self.storage.release(self.offset, self.len);
         let len = out.len();
         Weight {
             dtype: self.dtype,
@@ -299,6 +366,8 @@ impl Weight {
             storage: Arc::new(AlignedBytes::from_slice(&out)),
             offset: 0,
             len,
+            packed: None,
+            rows_freed: false,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! buffer that grows once), then multiplied with integer kernels (`qdot_q8`): row dots
 //! for few tokens, 32-row tiles x 6-token blocks for many. Other weight types stay exact.
 
+use super::packed::{self, PackedRows};
 use super::qdot;
 use super::qdot_q8::{self, Q8Acts, Q8Row};
 use super::scratch::with_scratch;
@@ -249,15 +250,54 @@ fn q8_linear_with(
             start,
             n: chunk.min(w.rows() - start),
         };
+        let out = out_ptrs[job.w];
+        if let Some(p) = w.packed::<PackedRows>() {
+            packed_job(p, few, &xs[..rows.min(Q8_MAX_ROWS_FOR_DOT)], acts, job, out);
+            return;
+        }
         let rb = w.row_bytes_len();
         let wb = &w.bytes()[job.start * rb..(job.start + job.n) * rb];
-        let out = out_ptrs[job.w];
         if few {
             dot_job(w, wb, k, &xs[..rows], job, out);
         } else {
             tile_job(w, wb, rows, acts, job, w.rows(), out);
         }
     });
+}
+
+/// A job over rows repacked at load (`packed`): row dots straight into the output for few
+/// tokens, 32-row tiles for many. Jobs start on a 16-row group (chunks are multiples of 16).
+fn packed_job(p: &PackedRows, few: bool, xs: &[Q8Row], acts: &Q8Acts, job: Job, out: SyncPtr) {
+    let g0 = job.start / packed::GROUP;
+    if few {
+        let g1 = (job.start + job.n).div_ceil(packed::GROUP);
+        // SAFETY: this job alone writes rows start..start + n of every token's output row,
+        // which holds p.rows values per token.
+        unsafe { packed::dot_groups(p, g0, g1, xs, out.get(), p.rows) };
+        return;
+    }
+    let rows = acts.rows();
+    let tr = qdot_q8::TILE_ROWS;
+    TILE_OUT.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < rows * tr {
+            buf.resize(rows * tr, 0.0);
+        }
+        packed::gemm_tile(p, g0, acts, &mut buf);
+        copy_tile(&buf, rows, job, p.rows, out);
+    });
+}
+
+/// Copies a tile's output (`rows x 32`) to columns `start..start + n` of `out`.
+fn copy_tile(buf: &[f32], rows: usize, job: Job, n_out: usize, out: SyncPtr) {
+    let tr = qdot_q8::TILE_ROWS;
+    for t in 0..rows {
+        let src = &buf[t * tr..t * tr + job.n];
+        // SAFETY: this job alone writes columns start..start+n of every row.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(out.get().add(t * n_out + job.start), job.n) };
+        dst.copy_from_slice(src);
+    }
 }
 
 /// Weight rows per task at most, with few tokens.
@@ -295,14 +335,7 @@ fn tile_job(
             buf.resize(rows * tr, 0.0);
         }
         qdot_q8::gemm_tile(w.dtype, wb, job.n, acts, &mut buf);
-        for t in 0..rows {
-            let src = &buf[t * tr..t * tr + job.n];
-            // SAFETY: this job alone writes columns start..start+n of every row.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(out.get().add(t * n_out + job.start), job.n)
-            };
-            dst.copy_from_slice(src);
-        }
+        copy_tile(&buf, rows, job, n_out, out);
     });
 }
 

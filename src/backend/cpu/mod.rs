@@ -4,6 +4,9 @@ pub mod attention;
 pub mod linear;
 pub mod moe;
 pub mod ops;
+pub mod packed;
+#[cfg(target_arch = "x86_64")]
+mod packed_avx512;
 pub mod qdot;
 pub mod qdot_avx2;
 pub mod qdot_avx512;
@@ -19,8 +22,10 @@ pub use linear::MatmulPrecision;
 use super::{AttnMeta, Backend, MoeScratch, RopeTable};
 use crate::kv::{KvCache, KvLayer};
 use crate::model::arch::MoeSpec;
-use crate::model::weights::MoeWeights;
+use crate::model::weights::{Ffn, ModelWeights, MoeWeights};
 use crate::tensor::Weight;
+use packed::PackedRows;
+use rayon::prelude::*;
 use parking_lot::Mutex;
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
@@ -87,6 +92,38 @@ impl CpuBackend {
     pub fn num_threads(&self) -> usize {
         self.pool.current_num_threads()
     }
+
+    /// Repacks the linear layers' weights for this backend's kernels, once at load (with
+    /// int8 activations on AVX-512 VNNI: 16 rows interleaved, see `packed`); the stored
+    /// rows' memory is given back. Other weights, and other precisions, are left as stored.
+    pub fn prepare_weights(&self, weights: &mut ModelWeights) {
+        if self.precision != MatmulPrecision::Int8Activations || !packed::enabled() {
+            return;
+        }
+        let tied = weights.embed.shares_bytes(&weights.lm_head);
+        let mut linears: Vec<&mut Weight> = vec![&mut weights.lm_head];
+        for l in &mut weights.layers {
+            linears.extend([&mut l.q, &mut l.k, &mut l.v, &mut l.o]);
+            if let Ffn::Dense(m) = &mut l.ffn {
+                linears.extend([&mut m.gate, &mut m.up, &mut m.down]);
+            }
+        }
+        self.pool.install(|| {
+            linears
+                .into_par_iter()
+                .filter(|w| packed::packable(w.dtype) && w.shape.len() == 2)
+                .for_each(|w| {
+                    let p = PackedRows::pack(w.dtype, w.bytes(), w.rows(), w.cols());
+                    w.set_packed(Arc::new(p));
+                })
+        });
+        // Tied embeddings read their rows from the output projection's packed copy.
+        if tied {
+            if let Some(p) = weights.lm_head.packed_arc() {
+                weights.embed.set_packed(p);
+            }
+        }
+    }
 }
 
 impl Drop for CpuBackend {
@@ -111,7 +148,16 @@ impl Backend for CpuBackend {
     }
 
     fn embed(&self, ids: &[u32], table: &Weight, out: &mut Vec<f32>) {
-        self.pool.install(|| ops::embed(ids, table, out));
+        match table.packed::<PackedRows>() {
+            // Tied to a packed output projection: the stored rows were released.
+            Some(p) => self.pool.install(|| {
+                out[..ids.len() * p.k]
+                    .par_chunks_mut(p.k)
+                    .zip(ids.par_iter())
+                    .for_each(|(row, &id)| p.dequantize_row(id as usize, row))
+            }),
+            None => self.pool.install(|| ops::embed(ids, table, out)),
+        }
     }
 
     fn rms_norm(&self, x: &Vec<f32>, rows: usize, w: &Weight, eps: f32, out: &mut Vec<f32>) {
