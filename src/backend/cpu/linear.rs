@@ -10,7 +10,7 @@
 //! buffer that grows once), then multiplied with integer kernels (`qdot_q8`): row dots
 //! for few tokens, 32-row tiles x 6-token blocks for many. Other weight types stay exact.
 
-use super::packed::{self, PackedRows};
+use super::packed::{self, Bf16Acts, Bf16Tile, PackedRows};
 use super::qdot;
 use super::qdot_q8::{self, Q8Acts, Q8Row};
 use super::scratch::with_scratch;
@@ -29,8 +29,9 @@ pub enum MatmulPrecision {
     Exact,
     /// Activations quantized to 8 bits per 32 values and integer dot products (as
     /// llama.cpp does) for Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K weights; faster, with an
-    /// error of at most half an activation quantization step per value. Dense weights
-    /// stay exact.
+    /// error of at most half an activation quantization step per value. F16/BF16 weights
+    /// (on CPUs with AVX-512 BF16): f32 products for few tokens, activations and weights
+    /// rounded to bf16 with f32 sums for many (prefill). F32 weights stay exact.
     Int8Activations,
 }
 
@@ -55,6 +56,8 @@ pub fn linear(
     let out = &mut out[..rows * n_out];
     if precision == MatmulPrecision::Int8Activations && qdot_q8::supported(w.dtype) {
         q8_linear(x, rows, w, out);
+    } else if is_dense_packed(w) {
+        dense_packed_linear(x, rows, &[w], &mut [out]);
     } else if w.dtype == DType::F32 && rows > MAX_ROWS_FOR_DOT {
         dense_gemm(x, rows, w.as_f32().expect("f32 weight"), n_out, k, out);
     } else if rows <= MAX_ROWS_FOR_DOT {
@@ -70,6 +73,11 @@ pub fn linear(
             }
         }
     }
+}
+
+/// Whether `w` is an F16/BF16 weight packed at load (only with int8 activations).
+fn is_dense_packed(w: &Weight) -> bool {
+    w.dtype.block_len() == 1 && w.packed::<PackedRows>().is_some()
 }
 
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ` with `out` row stride `ld_out`.
@@ -173,6 +181,10 @@ thread_local! {
     static ACTS: RefCell<Q8Acts> = RefCell::new(Q8Acts::new());
     /// A tile's output, `rows x 16` (grows once per thread).
     static TILE_OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The bf16 activations of the current dense call (grows once per thread).
+    static BF16_ACTS: RefCell<Bf16Acts> = RefCell::new(Bf16Acts::default());
+    /// A dense tile in bf16 (grows once per thread).
+    static BF16_TILE: RefCell<Bf16Tile> = RefCell::new(Bf16Tile::default());
 }
 
 fn q8_linear(x: &[f32], rows: usize, w: &Weight, out: &mut [f32]) {
@@ -192,7 +204,6 @@ fn q8_linear_many(x: &[f32], rows: usize, ws: &[&Weight], outs: &mut [&mut [f32]
 /// Weight `w`'s output rows `start..start + n`.
 #[derive(Clone, Copy)]
 struct Job {
-    w: usize,
     start: usize,
     n: usize,
 }
@@ -207,22 +218,46 @@ fn q8_linear_with(
     ws: &[&Weight],
     outs: &mut [&mut [f32]],
 ) {
-    assert!(ws.len() <= MAX_FUSED && ws.len() == outs.len());
     let k = ws[0].cols();
     if rows == 0 || ws.iter().all(|w| w.rows() == 0) {
         return;
     }
     acts.quantize(x, rows, k);
     let acts = &*acts;
+    let few = rows <= Q8_MAX_ROWS_FOR_DOT;
+    let xs: [Q8Row; Q8_MAX_ROWS_FOR_DOT] = std::array::from_fn(|t| acts.row(t.min(rows - 1)));
+    let xs = &xs[..rows.min(Q8_MAX_ROWS_FOR_DOT)];
+    for_each_job(ws, outs, few, |w, job, out| {
+        if let Some(p) = w.packed::<PackedRows>() {
+            packed_job(p, few, xs, acts, job, out);
+            return;
+        }
+        let rb = w.row_bytes_len();
+        let wb = &w.bytes()[job.start * rb..(job.start + job.n) * rb];
+        if few {
+            dot_job(w, wb, k, xs, job, out);
+        } else {
+            tile_job(w, wb, rows, acts, job, w.rows(), out);
+        }
+    });
+}
+
+/// Shares the output rows of all of `ws` out as jobs in one parallel dispatch; `f` gets
+/// the weight, its rows and its output. Few tokens: chunks of up to 512 weight rows, one
+/// chunk a thread for small matrices (a task costs microseconds: a task per 64 rows made
+/// the 49k-row output projection dispatch-bound). Many tokens: tiles of 32 rows.
+fn for_each_job(
+    ws: &[&Weight],
+    outs: &mut [&mut [f32]],
+    few: bool,
+    f: impl Fn(&Weight, Job, SyncPtr) + Sync,
+) {
+    assert!(ws.len() <= MAX_FUSED && ws.len() == outs.len());
     let mut out_ptrs = [SyncPtr(std::ptr::null_mut()); MAX_FUSED];
     for (p, o) in out_ptrs.iter_mut().zip(outs.iter_mut()) {
         *p = SyncPtr(o.as_mut_ptr());
     }
     let threads = rayon::current_num_threads();
-    // Few tokens: chunks of up to 512 weight rows, one chunk a thread for small matrices
-    // (a task costs microseconds: a task per 64 rows made the 49k-row output projection
-    // dispatch-bound). Many tokens: tiles of TILE_ROWS rows.
-    let few = rows <= Q8_MAX_ROWS_FOR_DOT;
     let total: usize = ws.iter().map(|w| w.rows()).sum();
     let chunk = if few {
         total
@@ -238,7 +273,6 @@ fn q8_linear_with(
         first_job[i + 1] = first_job[i] + w.rows().div_ceil(chunk);
     }
     let num_jobs = first_job[ws.len()];
-    let xs: [Q8Row; Q8_MAX_ROWS_FOR_DOT] = std::array::from_fn(|t| acts.row(t.min(rows - 1)));
     (0..num_jobs).into_par_iter().for_each(|j| {
         let wi = (0..ws.len())
             .rfind(|&i| first_job[i] <= j)
@@ -246,22 +280,56 @@ fn q8_linear_with(
         let w = ws[wi];
         let start = (j - first_job[wi]) * chunk;
         let job = Job {
-            w: wi,
             start,
             n: chunk.min(w.rows() - start),
         };
-        let out = out_ptrs[job.w];
-        if let Some(p) = w.packed::<PackedRows>() {
-            packed_job(p, few, &xs[..rows.min(Q8_MAX_ROWS_FOR_DOT)], acts, job, out);
-            return;
-        }
-        let rb = w.row_bytes_len();
-        let wb = &w.bytes()[job.start * rb..(job.start + job.n) * rb];
-        if few {
-            dot_job(w, wb, k, &xs[..rows], job, out);
-        } else {
-            tile_job(w, wb, rows, acts, job, w.rows(), out);
-        }
+        f(w, job, out_ptrs[wi]);
+    });
+}
+
+/// Dense (F16/BF16) weights packed at load: f32 row dots for few tokens (f16 and bf16
+/// convert to f32 exactly), bf16 tiles (`vdpbf16ps`, f32 sums) for many.
+fn dense_packed_linear(x: &[f32], rows: usize, ws: &[&Weight], outs: &mut [&mut [f32]]) {
+    let k = ws[0].cols();
+    if rows == 0 || ws.iter().all(|w| w.rows() == 0) {
+        return;
+    }
+    let few = rows <= Q8_MAX_ROWS_FOR_DOT;
+    if few {
+        let xs: [&[f32]; Q8_MAX_ROWS_FOR_DOT] =
+            std::array::from_fn(|t| &x[t.min(rows - 1) * k..(t.min(rows - 1) + 1) * k]);
+        let xs = &xs[..rows];
+        for_each_job(ws, outs, true, |w, job, out| {
+            let p = w.packed::<PackedRows>().expect("dense weights are packed");
+            let (g0, g1) = (
+                job.start / packed::GROUP,
+                (job.start + job.n).div_ceil(packed::GROUP),
+            );
+            // SAFETY: this job alone writes rows start..start + n of every token's output
+            // row, which holds p.rows values per token.
+            unsafe { packed::dot_groups_f32(p, g0, g1, xs, out.get(), p.rows) };
+        });
+        return;
+    }
+    BF16_ACTS.with(|cell| {
+        let mut acts = cell.borrow_mut();
+        acts.convert(x, rows, k);
+        let acts = &*acts;
+        for_each_job(ws, outs, false, |w, job, out| {
+            let p = w.packed::<PackedRows>().expect("dense weights are packed");
+            let tr = qdot_q8::TILE_ROWS;
+            BF16_TILE.with(|tile| {
+                TILE_OUT.with(|cell| {
+                    let mut buf = cell.borrow_mut();
+                    if buf.len() < rows * tr {
+                        buf.resize(rows * tr, 0.0);
+                    }
+                    let g0 = job.start / packed::GROUP;
+                    packed::gemm_tile_bf16(p, g0, acts, &mut tile.borrow_mut(), &mut buf);
+                    copy_tile(&buf, rows, job, p.rows, out);
+                })
+            });
+        });
     });
 }
 
@@ -341,8 +409,8 @@ fn tile_job(
 
 /// `outs[i] = x · ws[i]ᵀ + bias[i]` for weights sharing the input `x` (`rows` rows of
 /// `ws[i].cols()` values, equal for all). With int8 activations and quantized weights the
-/// input is quantized once and all weights run in one parallel dispatch; otherwise each
-/// weight runs as `linear`.
+/// input is quantized once and all weights run in one parallel dispatch, and likewise for
+/// dense weights packed at load; otherwise each weight runs as `linear`.
 pub fn linear_many(
     x: &[f32],
     rows: usize,
@@ -351,11 +419,13 @@ pub fn linear_many(
     precision: MatmulPrecision,
 ) {
     let k = ws[0].0.cols();
-    let fused = precision == MatmulPrecision::Int8Activations
+    let int8 = precision == MatmulPrecision::Int8Activations;
+    let quantized = int8
         && ws
             .iter()
             .all(|(w, _)| qdot_q8::supported(w.dtype) && w.cols() == k);
-    if !fused {
+    let dense = ws.iter().all(|(w, _)| is_dense_packed(w) && w.cols() == k);
+    if !quantized && !dense {
         for ((w, b), out) in ws.iter().zip(outs.iter_mut()) {
             linear(x, rows, w, *b, out, precision);
         }
@@ -371,7 +441,11 @@ pub fn linear_many(
         let n = rows * w.rows();
         *o = &mut std::mem::take(o)[..n];
     }
-    q8_linear_many(&x[..rows * k], rows, weights, outs);
+    if quantized {
+        q8_linear_many(&x[..rows * k], rows, weights, outs);
+    } else {
+        dense_packed_linear(&x[..rows * k], rows, weights, outs);
+    }
     for ((w, bias), out) in ws.iter().zip(outs.iter_mut()) {
         if let Some(b) = bias {
             let b = b.as_f32().expect("biases are f32 (converted at load)");

@@ -25,8 +25,8 @@ use crate::model::arch::MoeSpec;
 use crate::model::weights::{Ffn, ModelWeights, MoeWeights};
 use crate::tensor::Weight;
 use packed::PackedRows;
-use rayon::prelude::*;
 use parking_lot::Mutex;
+use rayon::prelude::*;
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -111,7 +111,7 @@ impl CpuBackend {
         self.pool.install(|| {
             linears
                 .into_par_iter()
-                .filter(|w| packed::packable(w.dtype) && w.shape.len() == 2)
+                .filter(|w| w.shape.len() == 2 && packed::packable(w.dtype, w.cols()))
                 .for_each(|w| {
                     let p = PackedRows::pack(w.dtype, w.bytes(), w.rows(), w.cols());
                     w.set_packed(Arc::new(p));

@@ -20,7 +20,7 @@
 //! with activations `dx * xq` per block a dot is `sum_b d dx sum(q xq) + c dx sum(xq)`:
 //! the same integer sums as `qdot_q8_scalar`, which the tests hold the kernels to.
 
-use super::qdot_q8::{self, Q8Acts, Q8Row, TILE_ROWS};
+use super::qdot_q8::{self, Q8Acts, Q8Row, TILE_ROWS, TOKEN_BLOCK};
 use crate::tensor::DType;
 
 /// Rows per interleaved group.
@@ -42,9 +42,25 @@ pub struct PackedRows {
     data: Vec<Line>,
 }
 
-/// Whether `dtype` can be packed.
-pub fn packable(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0)
+/// Whether rows of `k` values of `dtype` can be packed.
+pub fn packable(dtype: DType, k: usize) -> bool {
+    match dtype {
+        DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => true,
+        DType::F16 | DType::BF16 => k.is_multiple_of(DENSE_STEP) && enabled_bf16(),
+        _ => false,
+    }
+}
+
+/// Columns per step of the dense kernels (row lengths must be a multiple).
+pub const DENSE_STEP: usize = 4;
+
+/// Whether the dense (F16/BF16) kernels can run: they multiply in bf16 for many tokens
+/// (and share helpers with the VNNI kernels).
+fn enabled_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return enabled() && is_x86_feature_detected!("avx512bf16");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Whether this process runs the packed kernels (AVX-512 VNNI integer kernels selected).
@@ -64,7 +80,10 @@ pub(crate) const fn lines_per_block(dtype: DType) -> usize {
 impl PackedRows {
     /// Packs `rows` rows of `k` values stored as `dtype` in `bytes` (GGUF block layout).
     pub fn pack(dtype: DType, bytes: &[u8], rows: usize, k: usize) -> PackedRows {
-        assert!(packable(dtype) && k.is_multiple_of(32));
+        assert!(packable(dtype, k));
+        if dtype.block_len() == 1 {
+            return Self::pack_dense(dtype, bytes, rows, k);
+        }
         let nb = k / 32;
         let row_bytes = nb * dtype.block_bytes();
         assert_eq!(bytes.len(), rows * row_bytes, "packed: size mismatch");
@@ -112,6 +131,41 @@ impl PackedRows {
         }
     }
 
+    /// F16/BF16: line `c` of a group (32 bytes) holds value `c` of its 16 rows.
+    fn pack_dense(dtype: DType, bytes: &[u8], rows: usize, k: usize) -> PackedRows {
+        assert_eq!(bytes.len(), rows * k * 2, "packed: size mismatch");
+        let group_bytes = (k * 32).next_multiple_of(64);
+        let groups = rows.div_ceil(GROUP);
+        let mut data = vec![Line([0; 64]); groups * group_bytes / 64];
+        // SAFETY: `Line` is 64 plain bytes; the slice covers the whole buffer.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(data.as_mut_ptr() as *mut u8, data.len() * 64)
+        };
+        for (r, row) in bytes.chunks_exact(2 * k).enumerate() {
+            let base = r / GROUP * group_bytes + 2 * (r % GROUP);
+            for (c, v) in row.chunks_exact(2).enumerate() {
+                out[base + 32 * c..base + 32 * c + 2].copy_from_slice(v);
+            }
+        }
+        PackedRows {
+            dtype,
+            rows,
+            k,
+            group_bytes,
+            data,
+        }
+    }
+
+    /// Value `c` of row `r` of a dense (F16/BF16) copy, as stored.
+    fn dense_value(&self, r: usize, c: usize) -> [u8; 2] {
+        assert!(r < self.rows && c < self.k);
+        // SAFETY: the group lies inside `data` (`group_ptr` checks the index).
+        let grp =
+            unsafe { std::slice::from_raw_parts(self.group_ptr(r / GROUP), self.group_bytes) };
+        let i = 32 * c + 2 * (r % GROUP);
+        [grp[i], grp[i + 1]]
+    }
+
     /// Block `b` of row `r` as stored before packing (GGUF bytes), into `out`.
     pub fn stored_block(&self, r: usize, b: usize, out: &mut [u8]) {
         let (nb, l) = (self.k / 32, lines_per_block(self.dtype));
@@ -131,13 +185,27 @@ impl PackedRows {
         for j in 0..l {
             for i in 0..4 {
                 let q = quants[(b * l + j) * 64 + 4 * lane + i];
-                qs[4 * j + i] = if self.dtype == DType::Q8_0 { q ^ 0x80 } else { q };
+                qs[4 * j + i] = if self.dtype == DType::Q8_0 {
+                    q ^ 0x80
+                } else {
+                    q
+                };
             }
         }
     }
 
     /// Row `r` converted to f32, exactly as `quant::dequantize` of the stored row.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        if self.dtype.block_len() == 1 {
+            for (c, o) in out[..self.k].iter_mut().enumerate() {
+                crate::tensor::quant::dequantize(
+                    self.dtype,
+                    &self.dense_value(r, c),
+                    std::slice::from_mut(o),
+                );
+            }
+            return;
+        }
         let bb = self.dtype.block_bytes();
         let mut blk = [0u8; 34];
         for (b, o) in out[..self.k].chunks_exact_mut(32).enumerate() {
@@ -199,6 +267,122 @@ pub fn gemm_tile(p: &PackedRows, g0: usize, acts: &Q8Acts, out: &mut [f32]) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("packed kernels need x86-64")
+}
+
+/// `out[t * ld + r] = x[t] · row r` in f32 for the rows of groups `g0..g1` of a dense
+/// (F16/BF16) copy (rows past `p.rows` are not written). At most 4 tokens.
+///
+/// # Safety
+/// As `dot_groups`.
+pub unsafe fn dot_groups_f32(
+    p: &PackedRows,
+    g0: usize,
+    g1: usize,
+    xs: &[&[f32]],
+    out: *mut f32,
+    ld: usize,
+) {
+    assert!(p.dtype.block_len() == 1 && g0 <= g1 && g1 <= p.groups() && ld >= p.rows);
+    assert!(!xs.is_empty() && xs.len() <= qdot_q8::MAX_DOT_TOKENS);
+    assert!(xs.iter().all(|x| x.len() == p.k));
+    #[cfg(target_arch = "x86_64")]
+    super::packed_avx512::dot_groups_f32(p, g0, g1, xs, out, ld);
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("packed kernels need x86-64")
+}
+
+/// Token rows rounded to bf16 for the dense tiles, in blocks of `TOKEN_BLOCK` tokens:
+/// `xb[(b * k / 2 + p) * 6 + t]` = values `2p`, `2p + 1` of token `6b + t` (grows once).
+#[derive(Default)]
+pub struct Bf16Acts {
+    rows: usize,
+    k: usize,
+    xb: Vec<u32>,
+}
+
+impl Bf16Acts {
+    /// Converts `rows` rows of `k` values (`k` even), in parallel on the current pool.
+    pub fn convert(&mut self, x: &[f32], rows: usize, k: usize) {
+        use rayon::prelude::*;
+        assert!(k.is_multiple_of(2) && x.len() >= rows * k);
+        let per = k / 2 * TOKEN_BLOCK;
+        let ntb = rows.div_ceil(TOKEN_BLOCK);
+        if self.xb.len() < ntb * per {
+            self.xb.resize(ntb * per, 0);
+        }
+        (self.rows, self.k) = (rows, k);
+        let x = &x[..rows * k];
+        self.xb[..ntb * per]
+            .par_chunks_mut(per)
+            .zip(x.par_chunks(TOKEN_BLOCK * k))
+            .for_each(|(out, x)| {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `enabled_bf16` held when the weights were packed; sizes as built.
+                unsafe {
+                    super::packed_avx512::bf16_block(x, x.len() / k, k, out)
+                }
+            });
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// Scratch for one dense tile in bf16 (per thread, grows once).
+#[derive(Default)]
+pub struct Bf16Tile(Vec<Line>);
+
+/// `out[t * 32 + r] = acts row t · row 16 g0 + r` (bf16 products, f32 sums) for the 32
+/// rows of groups `g0`, `g0 + 1` (only `g0` when it is the last) of a dense copy.
+pub fn gemm_tile_bf16(
+    p: &PackedRows,
+    g0: usize,
+    acts: &Bf16Acts,
+    tile: &mut Bf16Tile,
+    out: &mut [f32],
+) {
+    assert!(p.dtype.block_len() == 1 && enabled_bf16() && g0 < p.groups());
+    assert!(acts.k == p.k && out.len() >= acts.rows * TILE_ROWS);
+    let two = g0 + 1 < p.groups();
+    let pairs = p.k / 2;
+    if tile.0.len() < 2 * pairs {
+        tile.0.resize(2 * pairs, Line([0; 64]));
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: BF16 checked above; the tile holds 2 lines per pair; `acts` holds
+    // `rows.div_ceil(6)` blocks of `pairs * 6` words; `out` holds `rows * 32` values.
+    unsafe {
+        use super::packed_avx512::{bf16_tile, bf16_tile_dots};
+        let t = tile.0.as_mut_ptr() as *mut u8;
+        if two {
+            bf16_tile::<2>(p, g0, t);
+        } else {
+            bf16_tile::<1>(p, g0, t);
+        }
+        let (t, x, o) = (t as *const u8, acts.xb.as_ptr(), out.as_mut_ptr());
+        let full = acts.rows / TOKEN_BLOCK;
+        macro_rules! go {
+            ($n:expr, $b0:expr, $b1:expr) => {
+                if two {
+                    bf16_tile_dots::<$n, 2>(t, pairs, x, $b0, $b1, o)
+                } else {
+                    bf16_tile_dots::<$n, 1>(t, pairs, x, $b0, $b1, o)
+                }
+            };
+        }
+        if full > 0 {
+            go!(TOKEN_BLOCK, 0, full);
+        }
+        match acts.rows - full * TOKEN_BLOCK {
+            0 => {}
+            1 => go!(1, full, full + 1),
+            2 => go!(2, full, full + 1),
+            3 => go!(3, full, full + 1),
+            4 => go!(4, full, full + 1),
+            _ => go!(5, full, full + 1),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -285,11 +469,90 @@ mod tests {
             for r in 0..rows {
                 for b in 0..k / 32 {
                     p.stored_block(r, b, &mut blk);
-                    assert_eq!(blk, w[r * rb + b * bb..r * rb + (b + 1) * bb], "{dtype} r{r} b{b}");
+                    assert_eq!(
+                        blk,
+                        w[r * rb + b * bb..r * rb + (b + 1) * bb],
+                        "{dtype} r{r} b{b}"
+                    );
                 }
                 p.dequantize_row(r, &mut got);
                 crate::tensor::quant::dequantize(dtype, &w[r * rb..(r + 1) * rb], &mut want);
                 assert_eq!(got, want);
+            }
+        }
+    }
+
+    fn dense_weight(rng: &mut ChaCha8Rng, dtype: DType, rows: usize, k: usize) -> Vec<u8> {
+        use rand::Rng;
+        (0..rows * k)
+            .flat_map(|_| {
+                let v: f32 = rng.random_range(-1.0..1.0);
+                match dtype {
+                    DType::F16 => half::f16::from_f32(v).to_le_bytes(),
+                    _ => half::bf16::from_f32(v).to_le_bytes(),
+                }
+            })
+            .collect()
+    }
+
+    fn values(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+        let mut v = vec![0f32; bytes.len() / 2];
+        crate::tensor::quant::dequantize(dtype, bytes, &mut v);
+        v
+    }
+
+    /// Dense row dots equal f64 dots of the stored values up to f32 summation; dense tiles
+    /// equal f64 dots of the bf16-rounded values (weights and activations) likewise; both
+    /// for a partial last group and token counts around the 6-token blocks.
+    #[test]
+    fn packed_dense_matches_reference() {
+        if !enabled_bf16() {
+            return;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(10);
+        let bf = |v: f32| half::bf16::from_f32(v).to_f32() as f64;
+        for dtype in [DType::F16, DType::BF16] {
+            let (rows, k) = (40, 72);
+            let wb = dense_weight(&mut rng, dtype, rows, k);
+            let w = values(dtype, &wb);
+            let p = PackedRows::pack(dtype, &wb, rows, k);
+            let mut row = vec![0f32; k];
+            p.dequantize_row(5, &mut row);
+            assert_eq!(row, w[5 * k..6 * k]);
+            for nt in [1, 3, 4, 7, 13] {
+                let x: Vec<f32> = (0..nt).flat_map(|_| random_x(&mut rng, k + 24)).collect();
+                let x: Vec<f32> = x.chunks(k + 24).flat_map(|c| c[..k].to_vec()).collect();
+                let check = |got: f32, r: usize, t: usize, round: &dyn Fn(f32) -> f64| {
+                    let (wr, xt) = (&w[r * k..(r + 1) * k], &x[t * k..(t + 1) * k]);
+                    let want: f64 = wr.iter().zip(xt).map(|(&a, &b)| round(a) * round(b)).sum();
+                    let mag: f64 = wr
+                        .iter()
+                        .zip(xt)
+                        .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                        .sum();
+                    let tol = 1e-5 * mag + 1e-6;
+                    let what = format!("{dtype} r{r} t{t} nt{nt}");
+                    assert!((got as f64 - want).abs() <= tol, "{what}: {got} vs {want}");
+                };
+                if nt <= 4 {
+                    let xs: Vec<&[f32]> = x.chunks(k).collect();
+                    let mut out = vec![f32::NAN; nt * rows];
+                    // SAFETY: out holds nt rows of `rows` values.
+                    unsafe { dot_groups_f32(&p, 0, p.groups(), &xs, out.as_mut_ptr(), rows) };
+                    for r in 0..rows {
+                        (0..nt).for_each(|t| check(out[t * rows + r], r, t, &|v| v as f64));
+                    }
+                }
+                let mut acts = Bf16Acts::default();
+                acts.convert(&x, nt, k);
+                let mut tile = Bf16Tile::default();
+                for g0 in [0, 2] {
+                    let mut out = vec![0f32; nt * TILE_ROWS];
+                    gemm_tile_bf16(&p, g0, &acts, &mut tile, &mut out);
+                    for r in g0 * GROUP..(g0 * GROUP + TILE_ROWS).min(rows) {
+                        (0..nt).for_each(|t| check(out[t * TILE_ROWS + r - g0 * GROUP], r, t, &bf));
+                    }
+                }
             }
         }
     }

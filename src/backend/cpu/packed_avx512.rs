@@ -5,7 +5,7 @@
 //! the block's 16 row scales (one f16 vector) and the token's scale.
 #![cfg(target_arch = "x86_64")]
 
-use super::packed::{lines_per_block, PackedRows, GROUP};
+use super::packed::{lines_per_block, PackedRows, DENSE_STEP, GROUP};
 use super::qdot_q8::{Q8Acts, Q8Row, TILE_ROWS, TOKEN_BLOCK};
 use crate::tensor::DType;
 use std::arch::x86_64::*;
@@ -281,6 +281,179 @@ unsafe fn tile_t<const T: usize, const KIND: usize, const G: usize>(
         }
         let o = out.wrapping_add(blk * tb * TILE_ROWS);
         for (t, a) in accf.iter().enumerate() {
+            for (i, v) in a.iter().enumerate() {
+                _mm512_storeu_ps(o.wrapping_add(TILE_ROWS * t + GROUP * i), *v);
+            }
+        }
+    }
+}
+
+/// 16 values of a dense (F16, or BF16 when `BF`) line at `p` as f32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dense16<const BF: bool>(p: *const u8) -> __m512 {
+    let v = load::<__m256i>(p);
+    if BF {
+        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16))
+    } else {
+        _mm512_cvtph_ps(v)
+    }
+}
+
+/// See `packed::dot_groups_f32`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL, AVX2, FMA and F16C; sizes and `out` as `packed::dot_groups_f32`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_groups_f32(
+    p: &PackedRows,
+    g0: usize,
+    g1: usize,
+    xs: &[&[f32]],
+    out: *mut f32,
+    ld: usize,
+) {
+    let bf = p.dtype == DType::BF16;
+    match (xs.len(), bf) {
+        (1, false) => dense_t::<1, false>(p, g0, g1, xs, out, ld),
+        (2, false) => dense_t::<2, false>(p, g0, g1, xs, out, ld),
+        (3, false) => dense_t::<3, false>(p, g0, g1, xs, out, ld),
+        (_, false) => dense_t::<4, false>(p, g0, g1, xs, out, ld),
+        (1, true) => dense_t::<1, true>(p, g0, g1, xs, out, ld),
+        (2, true) => dense_t::<2, true>(p, g0, g1, xs, out, ld),
+        (3, true) => dense_t::<3, true>(p, g0, g1, xs, out, ld),
+        (_, true) => dense_t::<4, true>(p, g0, g1, xs, out, ld),
+    }
+}
+
+/// Dense row dots, `T` tokens: per group, `DENSE_STEP` accumulators per token (the FMA
+/// latency chain), each line converted once and fed to `T` FMAs with a broadcast value.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dense_t<const T: usize, const BF: bool>(
+    p: &PackedRows,
+    g0: usize,
+    g1: usize,
+    xs: &[&[f32]],
+    o: *mut f32,
+    ld: usize,
+) {
+    const U: usize = DENSE_STEP;
+    let x: [*const f32; T] = std::array::from_fn(|t| xs[t].as_ptr());
+    for g in g0..g1 {
+        let q = p.group_ptr(g);
+        let mut acc = [[_mm512_setzero_ps(); T]; U];
+        for c in (0..p.k).step_by(U) {
+            for (u, au) in acc.iter_mut().enumerate() {
+                let w = dense16::<BF>(q.wrapping_add(32 * (c + u)));
+                for (a, xt) in au.iter_mut().zip(x) {
+                    *a = _mm512_fmadd_ps(w, bcast_f32(xt, c + u), *a);
+                }
+            }
+        }
+        let valid = (p.rows - g * GROUP).min(GROUP);
+        let mask = ((1u32 << valid) - 1) as u16;
+        for t in 0..T {
+            let s01 = _mm512_add_ps(acc[0][t], acc[1][t]);
+            let s = _mm512_add_ps(s01, _mm512_add_ps(acc[2][t], acc[3][t]));
+            _mm512_mask_storeu_ps(o.wrapping_add(t * ld + g * GROUP), mask, s);
+        }
+    }
+}
+
+/// Converts `n <= 6` token rows of `k` values (`k` even) to bf16 into one token block of
+/// `packed::Bf16Acts`: `out[p * 6 + t]` = values `2p, 2p + 1` of token `t` (zero past `n`).
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI and BF16; `x` holds `n * k` values, `out` `k / 2 * 6`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx2,fma,f16c")]
+pub unsafe fn bf16_block(x: &[f32], n: usize, k: usize, out: &mut [u32]) {
+    assert!(x.len() >= n * k && out.len() >= k / 2 * TOKEN_BLOCK && k.is_multiple_of(2));
+    let tb = TOKEN_BLOCK;
+    for t in 0..tb {
+        if t >= n {
+            (0..k / 2).for_each(|p| out[p * tb + t] = 0);
+            continue;
+        }
+        let row = &x[t * k..(t + 1) * k];
+        let mut c = 0;
+        while c + 32 <= k {
+            let a = load::<__m512>(row.as_ptr().add(c) as *const u8);
+            let b = load::<__m512>(row.as_ptr().add(c + 16) as *const u8);
+            // Low half: the first 16 values; as 32-bit words: the pairs in order.
+            let v: [u32; 16] = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
+            for (i, w) in v.iter().enumerate() {
+                out[(c / 2 + i) * tb + t] = *w;
+            }
+            c += 32;
+        }
+        for pi in c / 2..k / 2 {
+            let lo = half::bf16::from_f32(row[2 * pi]).to_bits() as u32;
+            let hi = half::bf16::from_f32(row[2 * pi + 1]).to_bits() as u32;
+            out[pi * tb + t] = lo | (hi << 16);
+        }
+    }
+}
+
+/// Builds the bf16 tile of groups `g0..g0 + G` of a dense copy: line `p * G + i` holds,
+/// per lane `r`, the bf16 pair (value `2p`, value `2p + 1`) of row `r` of group `g0 + i`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI and BF16; `tile` holds `k / 2 * G` lines.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx2,fma,f16c")]
+pub unsafe fn bf16_tile<const G: usize>(p: &PackedRows, g0: usize, tile: *mut u8) {
+    // Word r of the result takes halves r (value 2p) and 16 + r (value 2p + 1).
+    let idx: [i16; 32] = std::array::from_fn(|i| (i / 2 + 16 * (i % 2)) as i16);
+    let idx = load::<__m512i>(idx.as_ptr() as *const u8);
+    let bf = p.dtype == DType::BF16;
+    for i in 0..G {
+        let q = p.group_ptr(g0 + i);
+        for pi in 0..p.k / 2 {
+            let (a, b) = (q.wrapping_add(64 * pi), q.wrapping_add(64 * pi + 32));
+            let pk = if bf {
+                // Already bf16: the two lines side by side.
+                _mm512_inserti64x4(_mm512_castsi256_si512(load::<__m256i>(a)), load(b), 1)
+            } else {
+                let v = _mm512_cvtne2ps_pbh(_mm512_cvtph_ps(load(b)), _mm512_cvtph_ps(load(a)));
+                std::mem::transmute::<__m512bh, __m512i>(v)
+            };
+            let line = _mm512_permutexvar_epi16(idx, pk);
+            _mm512_storeu_si512(tile.wrapping_add(64 * (pi * G + i)) as *mut _, line);
+        }
+    }
+}
+
+/// Token blocks `tb0..tb1` (first `T` tokens each) x the bf16 tile of `G` groups:
+/// `vdpbf16ps` of each tile line with a broadcast bf16 pair of each token; writes
+/// `out[t * 32 + 16 i + lane]`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI and BF16; `tile` as built by `bf16_tile::<G>`, `xb` holds the blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx2,fma,f16c")]
+pub unsafe fn bf16_tile_dots<const T: usize, const G: usize>(
+    tile: *const u8,
+    pairs: usize,
+    xb: *const u32,
+    tb0: usize,
+    tb1: usize,
+    out: *mut f32,
+) {
+    let tb = TOKEN_BLOCK;
+    for blk in tb0..tb1 {
+        let x = xb.wrapping_add(blk * pairs * tb) as *const u8;
+        let mut acc = [[_mm512_setzero_ps(); G]; T];
+        for pi in 0..pairs {
+            let w: [__m512bh; G] =
+                std::array::from_fn(|i| load(tile.wrapping_add(64 * (pi * G + i))));
+            for (t, a) in acc.iter_mut().enumerate() {
+                let xv: __m512bh = std::mem::transmute(bcast(x.wrapping_add(4 * (pi * tb + t))));
+                for i in 0..G {
+                    a[i] = _mm512_dpbf16_ps(a[i], w[i], xv);
+                }
+            }
+        }
+        let o = out.wrapping_add(blk * tb * TILE_ROWS);
+        for (t, a) in acc.iter().enumerate() {
             for (i, v) in a.iter().enumerate() {
                 _mm512_storeu_ps(o.wrapping_add(TILE_ROWS * t + GROUP * i), *v);
             }
