@@ -29,32 +29,31 @@ fn main() {
     let copy = stream_copy_gbs(threads);
     println!("model {} | {threads} threads", model.display());
     println!("peak: f32 FMA {fma:.0} GFLOP/s, copy {copy:.1} GB/s\n");
-    let l = &m.weights.layers[0];
-    let mut shapes: Vec<(&str, &Weight)> =
-        vec![("q_proj", &l.q), ("k_proj", &l.k), ("o_proj", &l.o)];
-    if let llmrt::model::weights::Ffn::Dense(d) = &l.ffn {
-        shapes.extend([("gate_proj", &d.gate), ("down_proj", &d.down)]);
-    }
-    shapes.push(("lm_head", &m.weights.lm_head));
     println!(
         "{:<10} {:>6} {:>12} {:>6} {:>10} {:>9} {:>8} {:>9} {:>8}",
         "weight", "dtype", "out x in", "rows", "precision", "GFLOP/s", "%FMA", "GB/s", "%copy"
     );
-    for (name, w) in shapes {
-        for precision in [MatmulPrecision::Int8Activations, MatmulPrecision::Exact] {
-            let backend = CpuBackend::with_precision(threads, precision);
+    let int8 = CpuBackend::with_precision(threads, MatmulPrecision::Int8Activations);
+    let exact = CpuBackend::with_precision(threads, MatmulPrecision::Exact);
+    // The int8 backend reads its own copy, repacked at load as an engine would.
+    let mut packed = llmrt::Model::load(&model).expect("model loads").weights;
+    int8.prepare_weights(&mut packed);
+    for (i, name) in SHAPES.iter().enumerate() {
+        for (backend, weights) in [(&int8, &packed), (&exact, &m.weights)] {
+            let Some(w) = shape(weights, i) else { continue };
             for rows in [1usize, 512] {
-                let secs = time_linear(&backend, w, rows);
+                let secs = time_linear(backend, w, rows);
                 let flops = 2.0 * rows as f64 * w.rows() as f64 * w.cols() as f64;
                 let gflops = flops / secs / 1e9;
-                let gbs = w.bytes().len() as f64 / secs / 1e9;
+                let bytes = w.dtype.bytes_for(w.numel()).expect("whole blocks");
+                let gbs = bytes as f64 / secs / 1e9;
                 println!(
                     "{:<10} {:>6} {:>12} {:>6} {:>10} {:>9.1} {:>7.0}% {:>9.1} {:>7.0}%",
                     name,
                     format!("{:?}", w.dtype),
                     format!("{}x{}", w.rows(), w.cols()),
                     rows,
-                    match precision {
+                    match backend.precision() {
                         MatmulPrecision::Int8Activations => "int8",
                         MatmulPrecision::Exact => "exact",
                     },
@@ -65,6 +64,32 @@ fn main() {
                 );
             }
         }
+    }
+}
+
+const SHAPES: [&str; 6] = [
+    "q_proj",
+    "k_proj",
+    "o_proj",
+    "gate_proj",
+    "down_proj",
+    "lm_head",
+];
+
+/// Layer 0's weight of `SHAPES[i]` (the MLP ones only for dense MLPs).
+fn shape(w: &llmrt::model::weights::ModelWeights, i: usize) -> Option<&Weight> {
+    let l = &w.layers[0];
+    let mlp = match &l.ffn {
+        llmrt::model::weights::Ffn::Dense(d) => Some(d),
+        _ => None,
+    };
+    match i {
+        0 => Some(&l.q),
+        1 => Some(&l.k),
+        2 => Some(&l.o),
+        3 => mlp.map(|d| &d.gate),
+        4 => mlp.map(|d| &d.down),
+        _ => Some(&w.lm_head),
     }
 }
 

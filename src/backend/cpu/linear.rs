@@ -30,8 +30,8 @@ pub enum MatmulPrecision {
     /// Activations quantized to 8 bits per 32 values and integer dot products (as
     /// llama.cpp does) for Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K weights; faster, with an
     /// error of at most half an activation quantization step per value. F16/BF16 weights
-    /// (on CPUs with AVX-512 BF16): f32 products for few tokens, activations and weights
-    /// rounded to bf16 with f32 sums for many (prefill). F32 weights stay exact.
+    /// (on CPUs with AVX-512 BF16): weights rounded to bf16 once at load, activations to
+    /// bf16 per call, f32 sums. F32 weights stay exact.
     Int8Activations,
 }
 
@@ -183,6 +183,8 @@ thread_local! {
     static TILE_OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The bf16 activations of the current dense call (grows once per thread).
     static BF16_ACTS: RefCell<Bf16Acts> = RefCell::new(Bf16Acts::default());
+    /// Few token rows rounded to bf16, for dense row dots (grows once per thread).
+    static DENSE_X: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// A dense tile in bf16 (grows once per thread).
     static BF16_TILE: RefCell<Bf16Tile> = RefCell::new(Bf16Tile::default());
 }
@@ -287,8 +289,9 @@ fn for_each_job(
     });
 }
 
-/// Dense (F16/BF16) weights packed at load: f32 row dots for few tokens (f16 and bf16
-/// convert to f32 exactly), bf16 tiles (`vdpbf16ps`, f32 sums) for many.
+/// Dense (F16/BF16) weights packed at load (in bf16): f32 row dots of bf16-rounded
+/// activations for few tokens, bf16 tiles (`vdpbf16ps`, f32 sums) for many: the same
+/// products either way, so results differ only in summation order.
 fn dense_packed_linear(x: &[f32], rows: usize, ws: &[&Weight], outs: &mut [&mut [f32]]) {
     let k = ws[0].cols();
     if rows == 0 || ws.iter().all(|w| w.rows() == 0) {
@@ -296,21 +299,42 @@ fn dense_packed_linear(x: &[f32], rows: usize, ws: &[&Weight], outs: &mut [&mut 
     }
     let few = rows <= Q8_MAX_ROWS_FOR_DOT;
     if few {
-        let xs: [&[f32]; Q8_MAX_ROWS_FOR_DOT] =
-            std::array::from_fn(|t| &x[t.min(rows - 1) * k..(t.min(rows - 1) + 1) * k]);
-        let xs = &xs[..rows];
-        for_each_job(ws, outs, true, |w, job, out| {
-            let p = w.packed::<PackedRows>().expect("dense weights are packed");
-            let (g0, g1) = (
-                job.start / packed::GROUP,
-                (job.start + job.n).div_ceil(packed::GROUP),
+        // Activations rounded to bf16 as the tiles round them: a token's result must not
+        // depend on how many others share its batch.
+        DENSE_X.with(|cell| {
+            let mut xr = cell.borrow_mut();
+            xr.clear();
+            xr.extend(
+                x[..rows * k]
+                    .iter()
+                    .map(|&v| half::bf16::from_f32(v).to_f32()),
             );
-            // SAFETY: this job alone writes rows start..start + n of every token's output
-            // row, which holds p.rows values per token.
-            unsafe { packed::dot_groups_f32(p, g0, g1, xs, out.get(), p.rows) };
+            let xs: [&[f32]; Q8_MAX_ROWS_FOR_DOT] =
+                std::array::from_fn(|t| &xr[t.min(rows - 1) * k..(t.min(rows - 1) + 1) * k]);
+            dense_dots(&xs[..rows], ws, outs);
         });
         return;
     }
+    dense_tiles(x, rows, ws, outs);
+}
+
+/// Dense packed weights by f32 row dots (at most 4 token rows).
+fn dense_dots(xs: &[&[f32]], ws: &[&Weight], outs: &mut [&mut [f32]]) {
+    for_each_job(ws, outs, true, |w, job, out| {
+        let p = w.packed::<PackedRows>().expect("dense weights are packed");
+        let (g0, g1) = (
+            job.start / packed::GROUP,
+            (job.start + job.n).div_ceil(packed::GROUP),
+        );
+        // SAFETY: this job alone writes rows start..start + n of every token's output
+        // row, which holds p.rows values per token.
+        unsafe { packed::dot_groups_f32(p, g0, g1, xs, out.get(), p.rows) };
+    });
+}
+
+/// Dense packed weights by bf16 tiles (any number of token rows).
+fn dense_tiles(x: &[f32], rows: usize, ws: &[&Weight], outs: &mut [&mut [f32]]) {
+    let k = ws[0].cols();
     BF16_ACTS.with(|cell| {
         let mut acts = cell.borrow_mut();
         acts.convert(x, rows, k);
@@ -521,6 +545,30 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// F16 weights packed for the fast path give a token the same result (up to f32
+    /// summation order) whether it is computed alone (row dots) or in a batch (tiles).
+    #[test]
+    fn dense_packed_is_batch_independent() {
+        if !packed::packable(DType::F16, 64) {
+            return;
+        }
+        let (n, k) = (48, 64);
+        let mut w = f16_weight(n, k, &values(n * k, 3));
+        let p = PackedRows::pack(DType::F16, w.bytes(), n, k);
+        w.set_packed(Arc::new(p));
+        let x = values(9 * k, 4);
+        let p = MatmulPrecision::Int8Activations;
+        let mut batch = vec![0f32; 9 * n];
+        linear(&x, 9, &w, None, &mut batch, p);
+        for t in [0, 4, 8] {
+            let mut alone = vec![0f32; n];
+            linear(&x[t * k..(t + 1) * k], 1, &w, None, &mut alone, p);
+            for (r, (a, b)) in alone.iter().zip(&batch[t * n..(t + 1) * n]).enumerate() {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "t{t} r{r}: {a} vs {b}");
             }
         }
     }

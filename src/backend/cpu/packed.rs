@@ -131,7 +131,9 @@ impl PackedRows {
         }
     }
 
-    /// F16/BF16: line `c` of a group (32 bytes) holds value `c` of its 16 rows.
+    /// F16/BF16: line `c` of a group (32 bytes) holds value `c` of its 16 rows in bf16.
+    /// F16 values are rounded to bf16 here, once: prefill multiplies in bf16, and decode
+    /// must see the same weights, or a request's tokens would depend on its batch.
     fn pack_dense(dtype: DType, bytes: &[u8], rows: usize, k: usize) -> PackedRows {
         assert_eq!(bytes.len(), rows * k * 2, "packed: size mismatch");
         let group_bytes = (k * 32).next_multiple_of(64);
@@ -144,7 +146,14 @@ impl PackedRows {
         for (r, row) in bytes.chunks_exact(2 * k).enumerate() {
             let base = r / GROUP * group_bytes + 2 * (r % GROUP);
             for (c, v) in row.chunks_exact(2).enumerate() {
-                out[base + 32 * c..base + 32 * c + 2].copy_from_slice(v);
+                let v = match dtype {
+                    DType::F16 => {
+                        let f = half::f16::from_le_bytes([v[0], v[1]]).to_f32();
+                        half::bf16::from_f32(f).to_le_bytes()
+                    }
+                    _ => [v[0], v[1]],
+                };
+                out[base + 32 * c..base + 32 * c + 2].copy_from_slice(&v);
             }
         }
         PackedRows {
@@ -156,7 +165,7 @@ impl PackedRows {
         }
     }
 
-    /// Value `c` of row `r` of a dense (F16/BF16) copy, as stored.
+    /// Value `c` of row `r` of a dense copy (bf16 bits).
     fn dense_value(&self, r: usize, c: usize) -> [u8; 2] {
         assert!(r < self.rows && c < self.k);
         // SAFETY: the group lies inside `data` (`group_ptr` checks the index).
@@ -194,15 +203,12 @@ impl PackedRows {
         }
     }
 
-    /// Row `r` converted to f32, exactly as `quant::dequantize` of the stored row.
+    /// Row `r` converted to f32: for quantized rows exactly as `quant::dequantize` of the
+    /// stored row; for dense rows the bf16 values of the copy.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         if self.dtype.block_len() == 1 {
             for (c, o) in out[..self.k].iter_mut().enumerate() {
-                crate::tensor::quant::dequantize(
-                    self.dtype,
-                    &self.dense_value(r, c),
-                    std::slice::from_mut(o),
-                );
+                *o = half::bf16::from_le_bytes(self.dense_value(r, c)).to_f32();
             }
             return;
         }
@@ -501,9 +507,10 @@ mod tests {
         v
     }
 
-    /// Dense row dots equal f64 dots of the stored values up to f32 summation; dense tiles
-    /// equal f64 dots of the bf16-rounded values (weights and activations) likewise; both
-    /// for a partial last group and token counts around the 6-token blocks.
+    /// The dense copy holds the weights rounded to bf16; its row dots equal f64 dots of
+    /// those and the activations up to f32 summation; its tiles equal f64 dots of those
+    /// and the bf16-rounded activations likewise; both for a partial last group and token
+    /// counts around the 6-token blocks.
     #[test]
     fn packed_dense_matches_reference() {
         if !enabled_bf16() {
@@ -514,7 +521,8 @@ mod tests {
         for dtype in [DType::F16, DType::BF16] {
             let (rows, k) = (40, 72);
             let wb = dense_weight(&mut rng, dtype, rows, k);
-            let w = values(dtype, &wb);
+            // The copy holds the weights rounded to bf16.
+            let w: Vec<f32> = values(dtype, &wb).iter().map(|&v| bf(v) as f32).collect();
             let p = PackedRows::pack(dtype, &wb, rows, k);
             let mut row = vec![0f32; k];
             p.dequantize_row(5, &mut row);

@@ -288,16 +288,14 @@ unsafe fn tile_t<const T: usize, const KIND: usize, const G: usize>(
     }
 }
 
-/// 16 values of a dense (F16, or BF16 when `BF`) line at `p` as f32.
+/// The 16 bf16 values of a dense line at `p` as f32 (exact).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dense16<const BF: bool>(p: *const u8) -> __m512 {
-    let v = load::<__m256i>(p);
-    if BF {
-        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16))
-    } else {
-        _mm512_cvtph_ps(v)
-    }
+unsafe fn bf16x16(p: *const u8) -> __m512 {
+    _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(load::<__m256i>(p)),
+        16,
+    ))
 }
 
 /// See `packed::dot_groups_f32`.
@@ -313,16 +311,11 @@ pub unsafe fn dot_groups_f32(
     out: *mut f32,
     ld: usize,
 ) {
-    let bf = p.dtype == DType::BF16;
-    match (xs.len(), bf) {
-        (1, false) => dense_t::<1, false>(p, g0, g1, xs, out, ld),
-        (2, false) => dense_t::<2, false>(p, g0, g1, xs, out, ld),
-        (3, false) => dense_t::<3, false>(p, g0, g1, xs, out, ld),
-        (_, false) => dense_t::<4, false>(p, g0, g1, xs, out, ld),
-        (1, true) => dense_t::<1, true>(p, g0, g1, xs, out, ld),
-        (2, true) => dense_t::<2, true>(p, g0, g1, xs, out, ld),
-        (3, true) => dense_t::<3, true>(p, g0, g1, xs, out, ld),
-        (_, true) => dense_t::<4, true>(p, g0, g1, xs, out, ld),
+    match xs.len() {
+        1 => dense_t::<1>(p, g0, g1, xs, out, ld),
+        2 => dense_t::<2>(p, g0, g1, xs, out, ld),
+        3 => dense_t::<3>(p, g0, g1, xs, out, ld),
+        _ => dense_t::<4>(p, g0, g1, xs, out, ld),
     }
 }
 
@@ -330,7 +323,7 @@ pub unsafe fn dot_groups_f32(
 /// latency chain), each line converted once and fed to `T` FMAs with a broadcast value.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dense_t<const T: usize, const BF: bool>(
+unsafe fn dense_t<const T: usize>(
     p: &PackedRows,
     g0: usize,
     g1: usize,
@@ -345,7 +338,7 @@ unsafe fn dense_t<const T: usize, const BF: bool>(
         let mut acc = [[_mm512_setzero_ps(); T]; U];
         for c in (0..p.k).step_by(U) {
             for (u, au) in acc.iter_mut().enumerate() {
-                let w = dense16::<BF>(q.wrapping_add(32 * (c + u)));
+                let w = bf16x16(q.wrapping_add(32 * (c + u)));
                 for (a, xt) in au.iter_mut().zip(x) {
                     *a = _mm512_fmadd_ps(w, bcast_f32(xt, c + u), *a);
                 }
@@ -405,18 +398,16 @@ pub unsafe fn bf16_tile<const G: usize>(p: &PackedRows, g0: usize, tile: *mut u8
     // Word r of the result takes halves r (value 2p) and 16 + r (value 2p + 1).
     let idx: [i16; 32] = std::array::from_fn(|i| (i / 2 + 16 * (i % 2)) as i16);
     let idx = load::<__m512i>(idx.as_ptr() as *const u8);
-    let bf = p.dtype == DType::BF16;
     for i in 0..G {
         let q = p.group_ptr(g0 + i);
         for pi in 0..p.k / 2 {
-            let (a, b) = (q.wrapping_add(64 * pi), q.wrapping_add(64 * pi + 32));
-            let pk = if bf {
-                // Already bf16: the two lines side by side.
-                _mm512_inserti64x4(_mm512_castsi256_si512(load::<__m256i>(a)), load(b), 1)
-            } else {
-                let v = _mm512_cvtne2ps_pbh(_mm512_cvtph_ps(load(b)), _mm512_cvtph_ps(load(a)));
-                std::mem::transmute::<__m512bh, __m512i>(v)
-            };
+            // Lines 2p and 2p + 1 side by side, then each row's two values next to each other.
+            let a = load::<__m256i>(q.wrapping_add(64 * pi));
+            let pk = _mm512_inserti64x4(
+                _mm512_castsi256_si512(a),
+                load(q.wrapping_add(64 * pi + 32)),
+                1,
+            );
             let line = _mm512_permutexvar_epi16(idx, pk);
             _mm512_storeu_si512(tile.wrapping_add(64 * (pi * G + i)) as *mut _, line);
         }
