@@ -329,6 +329,56 @@ pub struct EngineConfig {
     /// Quantized weights: 8-bit activations with integer dot products (fast, as llama.cpp),
     /// or exact f32 (`exact`: matches transformers on the dequantized weights).
     pub matmul_precision: crate::backend::cpu::MatmulPrecision,
+    /// Element type of the KV cache: `auto` (f16 with `int8` matmuls on quantized weights,
+    /// else f32), `f16` or `f32`.
+    pub kv_cache_dtype: KvCacheDtype,
+}
+
+/// The `kv_cache_dtype` option (vLLM's name).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvCacheDtype {
+    /// f16 where the fast `int8` matmul path is in effect (int8 precision and quantized
+    /// weights: its own error is far above f16 rounding); f32 otherwise (`exact`, whose
+    /// outputs are held to an f32 reference bit for bit, and dense weights).
+    #[default]
+    Auto,
+    F16,
+    F32,
+}
+
+impl KvCacheDtype {
+    /// The stored element type under `precision`, for a model whose attention weights
+    /// are `quantized` or not.
+    pub fn resolve(
+        self,
+        precision: crate::backend::cpu::MatmulPrecision,
+        quantized: bool,
+    ) -> crate::kv::KvDtype {
+        use crate::backend::cpu::MatmulPrecision;
+        use crate::kv::KvDtype;
+        match (self, precision) {
+            (KvCacheDtype::F16, _) => KvDtype::F16,
+            (KvCacheDtype::F32, _) => KvDtype::F32,
+            (KvCacheDtype::Auto, MatmulPrecision::Int8Activations) if quantized => KvDtype::F16,
+            (KvCacheDtype::Auto, _) => KvDtype::F32,
+        }
+    }
+}
+
+impl std::str::FromStr for KvCacheDtype {
+    type Err = Error;
+
+    /// `auto`, `f16` or `f32`; anything else is an error naming the option.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(KvCacheDtype::Auto),
+            "f16" => Ok(KvCacheDtype::F16),
+            "f32" => Ok(KvCacheDtype::F32),
+            other => Err(Error::InvalidRequest(format!(
+                "`kv_cache_dtype` must be \"auto\", \"f16\" or \"f32\", got \"{other}\""
+            ))),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -350,6 +400,7 @@ impl Default for EngineConfig {
             num_threads: 0,
             seed: 0,
             matmul_precision: crate::backend::cpu::MatmulPrecision::Int8Activations,
+            kv_cache_dtype: KvCacheDtype::Auto,
         }
     }
 }
@@ -455,6 +506,7 @@ impl EngineConfig {
                         }
                     }
                 }
+                "kv_cache_dtype" => c.kv_cache_dtype = string()?.parse()?,
                 "prefix_caching_hash_algo" => {
                     c.prefix_caching_hash_algo = string()?.parse().map_err(|_| {
                         bad("`prefix_caching_hash_algo` must be \"sha256\" or \"xxhash\"".into())

@@ -29,6 +29,8 @@ pub struct RunnerConfig {
     /// Seed of requests that carry none (combined with the request id).
     pub seed: u64,
     pub matmul_precision: crate::backend::cpu::MatmulPrecision,
+    /// Element type of the KV cache (resolved: no `auto` here).
+    pub kv_dtype: crate::kv::KvDtype,
 }
 
 pub struct ModelRunner {
@@ -65,11 +67,12 @@ impl ModelRunner {
         eos_token_ids: Vec<u32>,
     ) -> Self {
         let vocab_size = spec.vocab_size;
-        let kv = KvCache::new(
+        let kv = KvCache::with_dtype(
             spec.num_layers,
             cfg.num_kv_blocks,
             cfg.block_size,
             spec.kv_size(),
+            cfg.kv_dtype,
         );
         backend.prepare_weights(&mut weights);
         let decoder = Decoder::new(

@@ -270,7 +270,9 @@ unsafe fn report(
 /// `enable_prefix_caching`, `enable_chunked_prefill`, `long_prefill_token_threshold`,
 /// `num_scheduler_steps`, `scheduling_policy` ("fcfs" | "priority"),
 /// `prefix_caching_hash_algo` ("sha256" | "xxhash"), `num_threads` (0: one per core),
-/// `seed`. Not retained after the call.
+/// `seed`, `matmul_precision` ("int8", the default | "exact"), `kv_cache_dtype` ("auto",
+/// the default: f16 with "int8" on quantized weights, else f32 | "f16" | "f32"). Not
+/// retained after the call.
 /// `progress`: optional (may be NULL) load-progress callback, called with `user_data`.
 /// `engine`: receives the new engine on success (untouched on failure); the caller frees
 /// it with `llmrt_engine_free`.

@@ -123,11 +123,21 @@ impl EngineCore {
             )));
         }
         let spec = ArchSpec::from_config(mc);
+        let quantized = model
+            .weights
+            .layers
+            .first()
+            .is_some_and(|l| l.q.dtype.is_quantized());
+        let kv_dtype = cfg.kv_cache_dtype.resolve(cfg.matmul_precision, quantized);
         let num_kv_blocks = match cfg.num_kv_blocks {
             Some(n) => n,
             None => {
-                let per_block =
-                    KvCache::bytes_per_block(spec.num_layers, cfg.block_size, spec.kv_size());
+                let per_block = KvCache::bytes_per_block(
+                    spec.num_layers,
+                    cfg.block_size,
+                    spec.kv_size(),
+                    kv_dtype,
+                );
                 let wanted = (max_model_len.div_ceil(cfg.block_size)) * cfg.max_num_seqs;
                 (cfg.kv_cache_memory_bytes / per_block).clamp(1, wanted.max(1))
             }
@@ -141,6 +151,7 @@ impl EngineCore {
             block_size: cfg.block_size,
             seed: cfg.seed,
             matmul_precision: cfg.matmul_precision,
+            kv_dtype,
         };
         let sched_cfg = SchedulerConfig {
             max_num_seqs: cfg.max_num_seqs,

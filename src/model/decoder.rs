@@ -81,20 +81,21 @@ impl ForwardBatch {
     }
 }
 
-/// Activation buffers sized once for the largest batch.
+/// Activation buffers sized once for the largest batch. The attention block's buffers
+/// (q, k, v, its output) and the MLP's (gate, up, their product) are never live at the
+/// same time, so the two share three buffers, each sized for the larger user.
 struct Workspace<Buf> {
     hidden: Buf,
     residual: Buf,
     normed: Buf,
-    q: Buf,
-    k: Buf,
+    /// q, then the MLP's gate projection.
+    q_gate: Buf,
+    /// The attention output, then the MLP's up projection.
+    attn_up: Buf,
+    /// k, then silu(gate) * up.
+    k_act: Buf,
     v: Buf,
-    attn: Buf,
-    gate: Buf,
-    up: Buf,
-    act: Buf,
     moe: Option<MoeScratch<Buf>>,
-    logits_in: Buf,
 }
 
 pub struct Decoder<B: Backend> {
@@ -157,15 +158,11 @@ impl<B: Backend> Decoder<B> {
             hidden: backend.alloc(t * h),
             residual: backend.alloc(t * h),
             normed: backend.alloc(t * h),
-            q: backend.alloc(t * spec.q_size()),
-            k: backend.alloc(t * spec.kv_size()),
+            q_gate: backend.alloc(t * spec.q_size().max(inter)),
+            attn_up: backend.alloc(t * spec.q_size().max(inter)),
+            k_act: backend.alloc(t * spec.kv_size().max(inter)),
             v: backend.alloc(t * spec.kv_size()),
-            attn: backend.alloc(t * spec.q_size()),
-            gate: backend.alloc(t * inter),
-            up: backend.alloc(t * inter),
-            act: backend.alloc(t * inter),
             moe,
-            logits_in: backend.alloc(t * h),
         };
         Decoder {
             backend,
@@ -265,7 +262,8 @@ fn forward_pass<B: Backend>(
         );
         ffn_block(b, s, layer, n, ws);
     }
-    // Final residual add, then norm + head only for the rows that need logits.
+    // Final residual add, then norm + head only for the rows that need logits (normalised
+    // into `normed`, free by now).
     b.add(&ws.hidden, &mut ws.residual, n * s.hidden_size);
     b.logits(
         &ws.residual,
@@ -273,7 +271,7 @@ fn forward_pass<B: Backend>(
         &w.norm,
         s.rms_norm_eps,
         &w.lm_head,
-        &mut ws.logits_in,
+        &mut ws.normed,
         logits,
     );
 }
@@ -299,23 +297,17 @@ fn attention_block<B: Backend>(
             (&layer.k, layer.k_bias.as_ref()),
             (&layer.v, layer.v_bias.as_ref()),
         ],
-        &mut [&mut ws.q, &mut ws.k, &mut ws.v],
+        &mut [&mut ws.q_gate, &mut ws.k_act, &mut ws.v],
     );
+    let (q, k, attn) = (&mut ws.q_gate, &mut ws.k_act, &mut ws.attn_up);
     if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-        b.head_rms_norm(&mut ws.q, n * s.q_size(), qn, s.rms_norm_eps);
-        b.head_rms_norm(&mut ws.k, n * s.kv_size(), kn, s.rms_norm_eps);
+        b.head_rms_norm(q, n * s.q_size(), qn, s.rms_norm_eps);
+        b.head_rms_norm(k, n * s.kv_size(), kn, s.rms_norm_eps);
     }
-    b.rope(
-        &mut ws.q,
-        &mut ws.k,
-        &batch.positions,
-        s.num_heads,
-        s.num_kv_heads,
-        rope,
-    );
-    b.write_kv(&ws.k, &ws.v, &batch.slot_mapping, &mut kv.layers[l]);
-    b.paged_attention(&ws.q, &kv.layers[l], meta, &mut ws.attn);
-    b.linear(&ws.attn, n, &layer.o, None, &mut ws.hidden);
+    b.rope(q, k, &batch.positions, s.num_heads, s.num_kv_heads, rope);
+    b.write_kv(k, &ws.v, &batch.slot_mapping, &mut kv.layers[l]);
+    b.paged_attention(q, &kv.layers[l], meta, attn);
+    b.linear(attn, n, &layer.o, None, &mut ws.hidden);
 }
 
 fn ffn_block<B: Backend>(
@@ -331,10 +323,10 @@ fn ffn_block<B: Backend>(
                 &ws.normed,
                 n,
                 &[(&m.gate, None), (&m.up, None)],
-                &mut [&mut ws.gate, &mut ws.up],
+                &mut [&mut ws.q_gate, &mut ws.attn_up],
             );
-            b.silu_mul(&ws.gate, &ws.up, n * m.gate.rows(), &mut ws.act);
-            b.linear(&ws.act, n, &m.down, None, &mut ws.hidden);
+            b.silu_mul(&ws.q_gate, &ws.attn_up, n * m.gate.rows(), &mut ws.k_act);
+            b.linear(&ws.k_act, n, &m.down, None, &mut ws.hidden);
         }
         Ffn::Moe(m) => {
             let spec = s.moe.as_ref().expect("MoE layer without MoE spec");

@@ -2,10 +2,14 @@
 
 use crate::error::{Error, Result};
 use std::path::Path;
+use std::sync::Arc;
 
+/// Cheap to clone: the engine, its output thread and the structured-output compiler share
+/// one `tokenizers::Tokenizer` (its vocabulary and merges take megabytes; it is immutable
+/// and thread-safe once built).
 #[derive(Clone)]
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Arc<tokenizers::Tokenizer>,
     bos_token: Option<String>,
     eos_token: Option<String>,
 }
@@ -19,7 +23,7 @@ impl Tokenizer {
         eos_token: Option<String>,
     ) -> Self {
         Tokenizer {
-            inner,
+            inner: Arc::new(inner),
             bos_token,
             eos_token,
         }
@@ -37,7 +41,7 @@ impl Tokenizer {
         Ok(Self::new(inner, bos_token, eos_token))
     }
 
-    /// A copy sharing nothing mutable (for use while the model is borrowed elsewhere).
+    /// Another handle on the same tokenizer (for use while the model is borrowed elsewhere).
     pub fn clone_handle(&self) -> Tokenizer {
         self.clone()
     }

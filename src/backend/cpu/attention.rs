@@ -2,14 +2,17 @@
 //!
 //! Query row i of a sequence with `n_q` rows and context length `ctx` sits at position
 //! `ctx - n_q + i` and attends to positions `0..=that` (or the sliding window before it).
-//! Keys and values are found through the sequence's block table only.
+//! Keys and values are found through the sequence's block table only. They are stored in
+//! f32 or f16; f16 rows are widened to f32 as they are read, and all arithmetic is f32.
 
 use super::qdot::{available, best_isa, Isa};
 use super::scratch::with_scratch;
 use super::SyncPtr;
 use crate::backend::AttnMeta;
-use crate::kv::KvLayer;
+use crate::kv::{KvData, KvLayer};
 use gemm::Parallelism;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -90,8 +93,8 @@ unsafe fn attend_rows_gemm(
         sc.v.resize(ctx * hd, 0.0);
         for j in 0..ctx {
             let src = (table[j / bs] as usize * bs + j % bs) * cache.row_len + kvh * hd;
-            sc.k[j * hd..(j + 1) * hd].copy_from_slice(&cache.k[src..src + hd]);
-            sc.v[j * hd..(j + 1) * hd].copy_from_slice(&cache.v[src..src + hd]);
+            load_row(&cache.k, src, &mut sc.k[j * hd..(j + 1) * hd]);
+            load_row(&cache.v, src, &mut sc.v[j * hd..(j + 1) * hd]);
         }
         let n_q = rows.len();
         let mut r0 = 0;
@@ -157,6 +160,16 @@ unsafe fn attend_rows_gemm(
     });
 }
 
+/// The `dst.len()` values of `src` from `start`, as f32.
+#[inline(always)]
+fn load_row(src: &KvData, start: usize, dst: &mut [f32]) {
+    let n = dst.len();
+    match src {
+        KvData::F32(c) => dst.copy_from_slice(&c[start..start + n]),
+        KvData::F16(c) => c[start..start + n].convert_to_f32_slice(dst),
+    }
+}
+
 /// Softmax of `row[lo..=pos]` in place; every other entry becomes 0.
 fn softmax_row(row: &mut [f32], lo: usize, pos: usize) {
     let max = row[lo..=pos]
@@ -175,7 +188,7 @@ fn softmax_row(row: &mut [f32], lo: usize, pos: usize) {
 }
 
 /// One query row of one head, with the widest vector unit the CPU has: the same code,
-/// compiled for AVX-512 or AVX2 (this crate's baseline is SSE2).
+/// compiled for AVX-512 or AVX2 (this crate's baseline is SSE2), per element type.
 #[allow(clippy::too_many_arguments)]
 fn attend(
     qv: &[f32],
@@ -187,13 +200,63 @@ fn attend(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    match (&cache.k, &cache.v) {
+        (KvData::F32(k), KvData::F32(v)) => {
+            let rows = Rows {
+                k,
+                v,
+                row_len: cache.row_len,
+                block_size: cache.block_size,
+            };
+            attend_f32(qv, h, pos, table, &rows, meta, scores, out)
+        }
+        (KvData::F16(k), KvData::F16(v)) => {
+            let rows = Rows {
+                k,
+                v,
+                row_len: cache.row_len,
+                block_size: cache.block_size,
+            };
+            match isa() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `isa()` found AVX-512F, which has the f16 -> f32 conversion.
+                Isa::Avx512 => unsafe {
+                    attend_avx512::<f16_x86::Avx512>(qv, h, pos, table, &rows, meta, scores, out)
+                },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `isa()` found AVX2, FMA and F16C.
+                Isa::Avx2 => unsafe {
+                    attend_avx2::<f16_x86::Avx2>(qv, h, pos, table, &rows, meta, scores, out)
+                },
+                // SAFETY: F16Rows is portable.
+                _ => unsafe { attend_one::<F16Rows>(qv, h, pos, table, &rows, meta, scores, out) },
+            }
+        }
+        _ => unreachable!("K and V of a layer have one element type"),
+    }
+}
+
+/// `attend` over f32 rows.
+#[allow(clippy::too_many_arguments)]
+fn attend_f32(
+    qv: &[f32],
+    h: usize,
+    pos: usize,
+    table: &[u32],
+    rows: &Rows<f32>,
+    meta: &AttnMeta,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    type R = F32Rows;
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa()` found the features these variants are compiled for.
-        Isa::Avx512 => unsafe { attend_avx512(qv, h, pos, table, cache, meta, scores, out) },
+        Isa::Avx512 => unsafe { attend_avx512::<R>(qv, h, pos, table, rows, meta, scores, out) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { attend_avx2(qv, h, pos, table, cache, meta, scores, out) },
-        _ => attend_one(qv, h, pos, table, cache, meta, scores, out),
+        Isa::Avx2 => unsafe { attend_avx2::<R>(qv, h, pos, table, rows, meta, scores, out) },
+        // SAFETY: F32Rows is portable.
+        _ => unsafe { attend_one::<R>(qv, h, pos, table, rows, meta, scores, out) },
     }
 }
 
@@ -202,61 +265,120 @@ fn isa() -> Isa {
     *ISA.get_or_init(|| best_isa(available))
 }
 
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn attend_avx512(
-    qv: &[f32],
-    h: usize,
-    pos: usize,
-    table: &[u32],
-    cache: &KvLayer,
-    meta: &AttnMeta,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attend_one(qv, h, pos, table, cache, meta, scores, out)
+/// One layer's keys and values of element type `T`, with the slot geometry.
+struct Rows<'a, T> {
+    k: &'a [T],
+    v: &'a [T],
+    row_len: usize,
+    block_size: usize,
+}
+
+/// How the row kernel reads key and value rows of element type `Elem`.
+trait KvRow {
+    type Elem;
+    /// `q · k`.
+    ///
+    /// # Safety
+    /// The CPU has the features the implementation is compiled for.
+    unsafe fn dot(q: &[f32], k: &[Self::Elem]) -> f32;
+    /// `out += p * v`.
+    ///
+    /// # Safety
+    /// As `dot`.
+    unsafe fn axpy(out: &mut [f32], p: f32, v: &[Self::Elem]);
+}
+
+/// f32 rows (portable; vectorised by the compiler in the multiversioned callers).
+struct F32Rows;
+
+impl KvRow for F32Rows {
+    type Elem = f32;
+    #[inline(always)]
+    unsafe fn dot(q: &[f32], k: &[f32]) -> f32 {
+        dot(q, k)
+    }
+    #[inline(always)]
+    unsafe fn axpy(out: &mut [f32], p: f32, v: &[f32]) {
+        for (o, v) in out.iter_mut().zip(v) {
+            *o += p * v;
+        }
+    }
+}
+
+/// f16 rows without x86 vector conversions.
+struct F16Rows;
+
+impl KvRow for F16Rows {
+    type Elem = f16;
+    #[inline(always)]
+    unsafe fn dot(q: &[f32], k: &[f16]) -> f32 {
+        q.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum()
+    }
+    #[inline(always)]
+    unsafe fn axpy(out: &mut [f32], p: f32, v: &[f16]) {
+        for (o, v) in out.iter_mut().zip(v) {
+            *o += p * v.to_f32();
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+unsafe fn attend_avx512<R: KvRow>(
     qv: &[f32],
     h: usize,
     pos: usize,
     table: &[u32],
-    cache: &KvLayer,
+    rows: &Rows<R::Elem>,
     meta: &AttnMeta,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_one(qv, h, pos, table, cache, meta, scores, out)
+    attend_one::<R>(qv, h, pos, table, rows, meta, scores, out)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attend_avx2<R: KvRow>(
+    qv: &[f32],
+    h: usize,
+    pos: usize,
+    table: &[u32],
+    rows: &Rows<R::Elem>,
+    meta: &AttnMeta,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_one::<R>(qv, h, pos, table, rows, meta, scores, out)
+}
+
+/// # Safety
+/// As `R::dot`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn attend_one(
+unsafe fn attend_one<R: KvRow>(
     qv: &[f32],
     h: usize,
     pos: usize,
     table: &[u32],
-    cache: &KvLayer,
+    rows: &Rows<R::Elem>,
     meta: &AttnMeta,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     let hd = meta.head_dim;
     let kvh = h / (meta.num_heads / meta.num_kv_heads);
-    let bs = cache.block_size;
+    let bs = rows.block_size;
     let lo = meta
         .sliding_window
         .map_or(0, |w| (pos + 1).saturating_sub(w));
-    let row_of = |j: usize| (table[j / bs] as usize * bs + j % bs) * cache.row_len + kvh * hd;
+    let row_of = |j: usize| (table[j / bs] as usize * bs + j % bs) * rows.row_len + kvh * hd;
     let mut max = f32::NEG_INFINITY;
     for (j, score) in scores.iter_mut().enumerate().take(pos + 1).skip(lo) {
-        let kv = &cache.k[row_of(j)..][..hd];
-        *score = dot(qv, kv) * meta.scale;
+        let kv = &rows.k[row_of(j)..][..hd];
+        *score = R::dot(qv, kv) * meta.scale;
         max = max.max(*score);
     }
     let mut sum = 0.0f32;
@@ -268,10 +390,116 @@ fn attend_one(
     out.fill(0.0);
     for (j, score) in scores.iter().enumerate().take(pos + 1).skip(lo) {
         let p = score * inv;
-        let vv = &cache.v[row_of(j)..][..hd];
-        for (o, v) in out.iter_mut().zip(vv) {
-            *o += p * v;
+        R::axpy(out, p, &rows.v[row_of(j)..][..hd]);
+    }
+}
+
+/// f16 row readers with the x86 conversion instructions (F16C's 8 lanes, AVX-512F's 16).
+#[cfg(target_arch = "x86_64")]
+mod f16_x86 {
+    use super::KvRow;
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    pub struct Avx2;
+    pub struct Avx512;
+
+    impl KvRow for Avx2 {
+        type Elem = f16;
+        #[inline(always)]
+        unsafe fn dot(q: &[f32], k: &[f16]) -> f32 {
+            dot_avx2(q, k)
         }
+        #[inline(always)]
+        unsafe fn axpy(out: &mut [f32], p: f32, v: &[f16]) {
+            axpy_avx2(out, p, v)
+        }
+    }
+
+    impl KvRow for Avx512 {
+        type Elem = f16;
+        #[inline(always)]
+        unsafe fn dot(q: &[f32], k: &[f16]) -> f32 {
+            dot_avx512(q, k)
+        }
+        #[inline(always)]
+        unsafe fn axpy(out: &mut [f32], p: f32, v: &[f16]) {
+            axpy_avx512(out, p, v)
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(v: &[f16], i: usize) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i).cast()))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(v: &[f16], i: usize) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().add(i).cast()))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_avx2(q: &[f32], k: &[f16]) -> f32 {
+        let n = q.len().min(k.len());
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), load8(k, i), acc);
+            i += 8;
+        }
+        let lanes: [f32; 8] = std::mem::transmute(acc);
+        let mut s: f32 = lanes.iter().sum();
+        for j in i..n {
+            s += q[j] * k[j].to_f32();
+        }
+        s
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn axpy_avx2(out: &mut [f32], p: f32, v: &[f16]) {
+        let n = out.len().min(v.len());
+        let pv = _mm256_set1_ps(p);
+        let mut i = 0;
+        while i + 8 <= n {
+            let o = out.as_mut_ptr().add(i);
+            _mm256_storeu_ps(o, _mm256_fmadd_ps(pv, load8(v, i), _mm256_loadu_ps(o)));
+            i += 8;
+        }
+        for j in i..n {
+            out[j] += p * v[j].to_f32();
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn dot_avx512(q: &[f32], k: &[f16]) -> f32 {
+        let n = q.len().min(k.len());
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(q.as_ptr().add(i)), load16(k, i), acc);
+            i += 16;
+        }
+        let s = _mm512_reduce_add_ps(acc);
+        s + dot_avx2(&q[i..n], &k[i..n])
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn axpy_avx512(out: &mut [f32], p: f32, v: &[f16]) {
+        let n = out.len().min(v.len());
+        let pv = _mm512_set1_ps(p);
+        let mut i = 0;
+        while i + 16 <= n {
+            let o = out.as_mut_ptr().add(i);
+            _mm512_storeu_ps(o, _mm512_fmadd_ps(pv, load16(v, i), _mm512_loadu_ps(o)));
+            i += 16;
+        }
+        axpy_avx2(&mut out[i..n], p, &v[i..n]);
     }
 }
 
@@ -320,7 +548,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::KvCache;
+    use crate::kv::{KvCache, KvDtype};
 
     /// A small deterministic generator for test data.
     fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -342,12 +570,7 @@ mod tests {
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        ctx: usize,
-        n_q: usize,
-        heads: usize,
-        kv_heads: usize,
-        hd: usize,
-        window: Option<usize>,
+        (ctx, n_q, heads, kv_heads, hd, window): (usize, usize, usize, usize, usize, Option<usize>),
     ) -> Vec<f32> {
         let mut out = vec![0f32; n_q * heads * hd];
         for i in 0..n_q {
@@ -395,60 +618,163 @@ mod tests {
         assert_eq!(exp_nonpositive(0.0), 1.0);
     }
 
-    #[test]
-    fn paged_attention_matches_dense_reference() {
+    /// Runs the kernel on three sequences (a 5-row chunk, a decode row, a 20-row chunk on
+    /// the matrix-product path; blocks scattered) over a `dtype` cache, and returns the
+    /// output with the dense reference over K/V as given and over K/V rounded to f16.
+    fn run_case(dtype: KvDtype, window: Option<usize>) -> (Vec<f32>, Vec<f32>, Vec<f32>, f32) {
         let (heads, kv_heads, hd, bs) = (4, 2, 8, 4);
-        // Two sequences: a chunk of 5 rows at the end of a 13-token context, and a decode row
-        // at position 6; blocks deliberately scattered.
-        // A third sequence's 20-row chunk takes the matrix-product path.
         let seqs = [
             (13usize, 5usize, vec![7u32, 2, 9, 0]),
             (7, 1, vec![5, 1]),
             (30, 20, vec![3, 8, 4, 6, 10, 11, 12, 13]),
         ];
-        for window in [None, Some(4)] {
-            let mut cache = KvCache::new(1, 14, bs, kv_heads * hd);
-            let layer = &mut cache.layers[0];
-            let (mut q_all, mut want, mut qsl, mut lens, mut tables) =
-                (vec![], vec![], vec![0u32], vec![], vec![]);
-            for (s, (ctx, n_q, table)) in seqs.iter().enumerate() {
-                let k = values(ctx * kv_heads * hd, 10 + s as u64);
-                let v = values(ctx * kv_heads * hd, 20 + s as u64);
-                let q = values(n_q * heads * hd, 30 + s as u64);
-                for j in 0..*ctx {
-                    let slot = table[j / bs] as usize * bs + j % bs;
-                    let n = kv_heads * hd;
-                    layer.k[slot * n..(slot + 1) * n].copy_from_slice(&k[j * n..(j + 1) * n]);
-                    layer.v[slot * n..(slot + 1) * n].copy_from_slice(&v[j * n..(j + 1) * n]);
-                }
-                want.extend(reference(
-                    &q, &k, &v, *ctx, *n_q, heads, kv_heads, hd, window,
-                ));
-                q_all.extend(q);
-                qsl.push(qsl.last().unwrap() + *n_q as u32);
-                lens.push(*ctx as u32);
-                let mut t = table.clone();
-                t.resize(8, 0);
-                tables.extend(t);
+        let mut cache = KvCache::with_dtype(1, 14, bs, kv_heads * hd, dtype);
+        let (mut q_all, mut want, mut want16, mut qsl, mut lens, mut tables) =
+            (vec![], vec![], vec![], vec![0u32], vec![], vec![]);
+        let mut bound = 0f32;
+        for (s, (ctx, n_q, table)) in seqs.iter().enumerate() {
+            let k = values(ctx * kv_heads * hd, 10 + s as u64);
+            let v = values(ctx * kv_heads * hd, 20 + s as u64);
+            let q = values(n_q * heads * hd, 30 + s as u64);
+            let slots: Vec<u32> = (0..*ctx)
+                .map(|j| table[j / bs] * bs as u32 + (j % bs) as u32)
+                .collect();
+            super::super::ops::write_kv(&k, &v, &slots, &mut cache.layers[0]);
+            let r =
+                |x: &[f32]| -> Vec<f32> { x.iter().map(|&a| f16::from_f32(a).to_f32()).collect() };
+            let case = (*ctx, *n_q, heads, kv_heads, hd, window);
+            want.extend(reference(&q, &k, &v, case));
+            want16.extend(reference(&q, &r(&k), &r(&v), case));
+            bound = bound.max(f16_bound(&q, &k, &v, heads, kv_heads, hd));
+            q_all.extend(q);
+            qsl.push(qsl.last().unwrap() + *n_q as u32);
+            lens.push(*ctx as u32);
+            let mut t = table.clone();
+            t.resize(8, 0);
+            tables.extend(t);
+        }
+        let meta = AttnMeta {
+            query_start_loc: &qsl,
+            seq_lens: &lens,
+            block_tables: &tables,
+            max_blocks_per_seq: 8,
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            sliding_window: window,
+        };
+        let mut out = vec![0f32; want.len()];
+        paged_attention(&q_all, &cache.layers[0], &meta, &mut out);
+        (out, want, want16, bound)
+    }
+
+    /// Bound on |attention over f16-rounded K/V - attention over K/V| for these inputs.
+    /// Rounding to f16 changes each value by a factor (1 + d), |d| <= 2^-11 (values under
+    /// 2^-14, subnormal in f16, move by at most 2^-25: inside the callers' 1e-5 slack).
+    /// A score q·k * scale then moves by at most
+    /// B = 2^-11 * scale * max_j sum_i |q_i k_ji|; each softmax weight p_j by a factor in
+    /// [e^-2B, e^2B], so sum_j |dp_j| <= e^2B - 1; the output sum_j p_j v_j moves by at most
+    /// max|v| * (e^2B - 1) from the weights and 2^-11 * max|v| from the values.
+    fn f16_bound(q: &[f32], k: &[f32], v: &[f32], heads: usize, kv_heads: usize, hd: usize) -> f32 {
+        let u = 2f32.powi(-11);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut b = 0f32;
+        for qh in q.chunks_exact(hd).enumerate() {
+            let kvh = (qh.0 % heads) / (heads / kv_heads);
+            for kr in k.chunks_exact(hd).skip(kvh).step_by(kv_heads) {
+                let s: f32 = qh.1.iter().zip(kr).map(|(a, b)| (a * b).abs()).sum();
+                b = b.max(u * scale * s);
             }
-            let meta = AttnMeta {
-                query_start_loc: &qsl,
-                seq_lens: &lens,
-                block_tables: &tables,
-                max_blocks_per_seq: 8,
-                num_heads: heads,
-                num_kv_heads: kv_heads,
-                head_dim: hd,
-                scale: 1.0 / (hd as f32).sqrt(),
-                sliding_window: window,
-            };
-            let mut out = vec![0f32; want.len()];
-            paged_attention(&q_all, &cache.layers[0], &meta, &mut out);
+        }
+        let vmax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        vmax * ((2.0 * b).exp() - 1.0 + u) * (1.0 + u)
+    }
+
+    #[test]
+    fn paged_attention_matches_dense_reference() {
+        for window in [None, Some(4)] {
+            let (out, want, _, _) = run_case(KvDtype::F32, window);
             for (i, (a, b)) in out.iter().zip(&want).enumerate() {
                 assert!(
                     (a - b).abs() < 1e-5,
                     "window {window:?} value {i}: {a} vs {b}"
                 );
+            }
+        }
+    }
+
+    /// An f16 cache computes attention over the f16-rounded K/V (to f32 accuracy), which
+    /// stays within the derived rounding bound of attention over the f32 K/V.
+    #[test]
+    fn f16_cache_attention_is_within_rounding_bound() {
+        for window in [None, Some(4)] {
+            let (out, want, want16, bound) = run_case(KvDtype::F16, window);
+            let mut moved = 0f32;
+            for (i, ((a, b), c)) in out.iter().zip(&want).zip(&want16).enumerate() {
+                assert!(
+                    (a - c).abs() < 1e-5,
+                    "window {window:?} value {i}: {a} vs {c} (rounded K/V)"
+                );
+                assert!(
+                    (a - b).abs() <= bound + 1e-5,
+                    "window {window:?} value {i}: {a} vs {b}, bound {bound}"
+                );
+                moved = moved.max((a - b).abs());
+            }
+            // The rounding is visible, so the comparison above is not vacuous.
+            assert!(moved > 0.0 && bound < 1e-2, "moved {moved}, bound {bound}");
+        }
+    }
+
+    /// Every f16 row kernel this CPU runs matches plain arithmetic, tails included.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn f16_row_kernels_match_plain_arithmetic() {
+        use super::super::qdot::{available, Isa};
+        for n in [1usize, 7, 8, 15, 16, 23, 64, 67] {
+            let q = values(n, 1);
+            let x: Vec<f16> = values(n, 2).iter().map(|&a| f16::from_f32(a)).collect();
+            let want_dot: f64 = q.iter().zip(&x).map(|(a, b)| *a as f64 * b.to_f64()).sum();
+            let base = values(n, 3);
+            let want_axpy: Vec<f64> = base
+                .iter()
+                .zip(&x)
+                .map(|(o, b)| *o as f64 + 0.3 * b.to_f64())
+                .collect();
+            let mut checks: Vec<(&str, f32, Vec<f32>)> = vec![];
+            let mut run = |name,
+                           dot: unsafe fn(&[f32], &[f16]) -> f32,
+                           axpy: unsafe fn(&mut [f32], f32, &[f16])| {
+                let mut o = base.clone();
+                // SAFETY: called only for kernels whose features were found.
+                let d = unsafe { dot(&q, &x) };
+                unsafe { axpy(&mut o, 0.3, &x) };
+                checks.push((name, d, o));
+            };
+            // SAFETY (for the calls below): as above.
+            run(
+                "portable",
+                |q, k| unsafe { F16Rows::dot(q, k) },
+                |o, p, v| unsafe { F16Rows::axpy(o, p, v) },
+            );
+            if available(Isa::Avx2) {
+                run("avx2", f16_x86::dot_avx2, f16_x86::axpy_avx2);
+            }
+            if available(Isa::Avx512) {
+                run("avx512", f16_x86::dot_avx512, f16_x86::axpy_avx512);
+            }
+            for (name, d, o) in checks {
+                assert!(
+                    (d as f64 - want_dot).abs() < 1e-5,
+                    "{name} n={n}: dot {d} vs {want_dot}"
+                );
+                for (a, b) in o.iter().zip(&want_axpy) {
+                    assert!(
+                        (*a as f64 - b).abs() < 1e-6,
+                        "{name} n={n}: axpy {a} vs {b}"
+                    );
+                }
             }
         }
     }

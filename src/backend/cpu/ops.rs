@@ -2,8 +2,9 @@
 
 use super::SyncPtr;
 use crate::backend::RopeTable;
-use crate::kv::KvLayer;
+use crate::kv::{KvData, KvLayer};
 use crate::tensor::Weight;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 /// Rows per parallel task for cheap per-row ops.
@@ -133,12 +134,21 @@ pub fn rope(
         });
 }
 
+/// Stores row t of `k` and `v` at slot `slots[t]`, rounding to f16 (to nearest even) for
+/// an f16 cache.
 pub fn write_kv(k: &[f32], v: &[f32], slots: &[u32], cache: &mut KvLayer) {
     let n = cache.row_len;
+    store_rows(k, slots, n, &mut cache.k);
+    store_rows(v, slots, n, &mut cache.v);
+}
+
+fn store_rows(src: &[f32], slots: &[u32], n: usize, dst: &mut KvData) {
     for (t, &slot) in slots.iter().enumerate() {
-        let dst = slot as usize * n;
-        cache.k[dst..dst + n].copy_from_slice(&k[t * n..(t + 1) * n]);
-        cache.v[dst..dst + n].copy_from_slice(&v[t * n..(t + 1) * n]);
+        let (d, s) = (slot as usize * n, &src[t * n..(t + 1) * n]);
+        match dst {
+            KvData::F32(c) => c[d..d + n].copy_from_slice(s),
+            KvData::F16(c) => c[d..d + n].convert_from_f32_slice(s),
+        }
     }
 }
 
@@ -157,8 +167,8 @@ pub fn silu_mul(gate: &[f32], up: &[f32], n: usize, out: &mut [f32]) {
 pub fn copy_block(layer: &mut KvLayer, src: u32, dst: u32) {
     let n = layer.block_size * layer.row_len;
     let (s, d) = (src as usize * n, dst as usize * n);
-    layer.k.copy_within(s..s + n, d);
-    layer.v.copy_within(s..s + n, d);
+    layer.k.copy_within(s, d, n);
+    layer.v.copy_within(s, d, n);
 }
 
 /// Scatters `values[i]` onto output rows (used by MoE): `out[rows[i]] += scale[i] * values[i]`.

@@ -51,6 +51,10 @@ pub struct EngineArgs {
     /// Quantized weights: `int8` activations (fast) or `exact` f32.
     #[arg(long, default_value = "int8")]
     pub matmul_precision: String,
+    /// KV cache element type: `auto` (f16 with int8 matmuls on quantized weights, else
+    /// f32), `f16`, `f32`.
+    #[arg(long, default_value = "auto")]
+    pub kv_cache_dtype: String,
 }
 
 impl EngineArgs {
@@ -75,6 +79,7 @@ impl EngineArgs {
         };
         Ok(EngineConfig {
             matmul_precision,
+            kv_cache_dtype: self.kv_cache_dtype.parse()?,
             model: self.model.clone().unwrap_or_else(llmrt::default_model_path),
             max_num_seqs: self.max_num_seqs,
             max_num_batched_tokens: self.max_num_batched_tokens,

@@ -100,6 +100,10 @@ struct GenerateArgs {
     /// Quantized weights: `int8` activations (fast) or `exact` f32 (matches transformers).
     #[arg(long, value_enum, default_value_t = Precision::Int8)]
     matmul_precision: Precision,
+    /// KV cache element type: `auto` (f16 with int8 matmuls on quantized weights, else
+    /// f32), `f16`, `f32`.
+    #[arg(long, default_value = "auto")]
+    kv_cache_dtype: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -161,6 +165,7 @@ fn generate(args: GenerateArgs) -> llmrt::Result<()> {
             Precision::Int8 => llmrt::backend::cpu::MatmulPrecision::Int8Activations,
             Precision::Exact => llmrt::backend::cpu::MatmulPrecision::Exact,
         },
+        kv_cache_dtype: args.kv_cache_dtype.parse()?,
         ..Default::default()
     };
     let mut llm = Llm::load(&model, opts)?;
