@@ -345,8 +345,8 @@ fn dense_tiles(x: &[f32], rows: usize, ws: &[&Weight], outs: &mut [&mut [f32]]) 
             BF16_TILE.with(|tile| {
                 TILE_OUT.with(|cell| {
                     let mut buf = cell.borrow_mut();
-                    if buf.len() < rows * tr {
-                        buf.resize(rows * tr, 0.0);
+                    if buf.len() < acts.out_rows() * tr {
+                        buf.resize(acts.out_rows() * tr, 0.0);
                     }
                     let g0 = job.start / packed::GROUP;
                     packed::gemm_tile_bf16(p, g0, acts, &mut tile.borrow_mut(), &mut buf);
@@ -568,7 +568,10 @@ mod tests {
             let mut alone = vec![0f32; n];
             linear(&x[t * k..(t + 1) * k], 1, &w, None, &mut alone, p);
             for (r, (a, b)) in alone.iter().zip(&batch[t * n..(t + 1) * n]).enumerate() {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "t{t} r{r}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                    "t{t} r{r}: {a} vs {b}"
+                );
             }
         }
     }

@@ -6,6 +6,8 @@ pub mod moe;
 pub mod ops;
 pub mod packed;
 #[cfg(target_arch = "x86_64")]
+mod packed_amx;
+#[cfg(target_arch = "x86_64")]
 mod packed_avx512;
 pub mod qdot;
 pub mod qdot_avx2;

@@ -297,27 +297,50 @@ pub unsafe fn dot_groups_f32(
     unreachable!("packed kernels need x86-64")
 }
 
-/// Token rows rounded to bf16 for the dense tiles, in blocks of `TOKEN_BLOCK` tokens:
-/// `xb[(b * k / 2 + p) * 6 + t]` = values `2p`, `2p + 1` of token `6b + t` (grows once).
+/// Token rows rounded to bf16 for the dense tiles, in the layout the tile kernel reads:
+/// for AMX plain rows (`xr`, padded with zero rows to a multiple of 32); otherwise blocks
+/// of `TOKEN_BLOCK` tokens, `xb[(b * k / 2 + p) * 6 + t]` = values `2p`, `2p + 1` of token
+/// `6b + t`. Buffers grow once.
 #[derive(Default)]
 pub struct Bf16Acts {
     rows: usize,
     k: usize,
+    amx: bool,
     xb: Vec<u32>,
+    xr: Vec<u16>,
 }
 
 impl Bf16Acts {
-    /// Converts `rows` rows of `k` values (`k` even), in parallel on the current pool.
+    /// Converts `rows` rows of `k` values (`k` even), in parallel on the current pool, for
+    /// AMX where it runs.
     pub fn convert(&mut self, x: &[f32], rows: usize, k: usize) {
+        self.convert_for(x, rows, k, amx_runs(k));
+    }
+
+    /// `convert`, choosing the AMX layout or not (tests run both kernels).
+    pub fn convert_for(&mut self, x: &[f32], rows: usize, k: usize, amx: bool) {
         use rayon::prelude::*;
-        assert!(k.is_multiple_of(2) && x.len() >= rows * k);
+        assert!(k.is_multiple_of(2) && x.len() >= rows * k && (!amx || amx_runs(k)));
+        (self.rows, self.k, self.amx) = (rows, k, amx);
+        let x = &x[..rows * k];
+        if amx {
+            let padded = rows.next_multiple_of(AMX_TOKENS) * k;
+            if self.xr.len() < padded {
+                self.xr.resize(padded, 0);
+            }
+            self.xr[rows * k..padded].fill(0);
+            self.xr[..rows * k]
+                .par_chunks_mut(16 * k)
+                .zip(x.par_chunks(16 * k))
+                // SAFETY: `amx_runs` implies AVX-512 BF16; equal lengths.
+                .for_each(|(out, x)| unsafe { super::packed_avx512::bf16_row(x, out) });
+            return;
+        }
         let per = k / 2 * TOKEN_BLOCK;
         let ntb = rows.div_ceil(TOKEN_BLOCK);
         if self.xb.len() < ntb * per {
             self.xb.resize(ntb * per, 0);
         }
-        (self.rows, self.k) = (rows, k);
-        let x = &x[..rows * k];
         self.xb[..ntb * per]
             .par_chunks_mut(per)
             .zip(x.par_chunks(TOKEN_BLOCK * k))
@@ -333,6 +356,29 @@ impl Bf16Acts {
     pub fn rows(&self) -> usize {
         self.rows
     }
+
+    /// Rows of output a tile call writes (`rows`, padded for AMX).
+    pub fn out_rows(&self) -> usize {
+        if self.amx {
+            self.rows.next_multiple_of(AMX_TOKENS)
+        } else {
+            self.rows
+        }
+    }
+}
+
+/// Tokens per AMX block.
+#[cfg(target_arch = "x86_64")]
+use super::packed_amx::AMX_TOKENS;
+#[cfg(not(target_arch = "x86_64"))]
+const AMX_TOKENS: usize = 32;
+
+/// Whether the AMX tiles run for rows of `k` values.
+pub fn amx_runs(k: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return k.is_multiple_of(32) && enabled_bf16() && super::packed_amx::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Scratch for one dense tile in bf16 (per thread, grows once).
@@ -349,7 +395,7 @@ pub fn gemm_tile_bf16(
     out: &mut [f32],
 ) {
     assert!(p.dtype.block_len() == 1 && enabled_bf16() && g0 < p.groups());
-    assert!(acts.k == p.k && out.len() >= acts.rows * TILE_ROWS);
+    assert!(acts.k == p.k && out.len() >= acts.out_rows() * TILE_ROWS);
     let two = g0 + 1 < p.groups();
     let pairs = p.k / 2;
     if tile.0.len() < 2 * pairs {
@@ -365,6 +411,17 @@ pub fn gemm_tile_bf16(
             bf16_tile::<2>(p, g0, t);
         } else {
             bf16_tile::<1>(p, g0, t);
+        }
+        if acts.amx {
+            let (x, o) = (acts.xr.as_ptr(), out.as_mut_ptr());
+            let rows = acts.out_rows();
+            // SAFETY: `amx` was only chosen where `amx_runs(k)`; sizes as asserted.
+            if two {
+                super::packed_amx::tile_dots::<2>(t, p.k, x, rows, o);
+            } else {
+                super::packed_amx::tile_dots::<1>(t, p.k, x, rows, o);
+            }
+            return;
         }
         let (t, x, o) = (t as *const u8, acts.xb.as_ptr(), out.as_mut_ptr());
         let full = acts.rows / TOKEN_BLOCK;
@@ -519,7 +576,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(10);
         let bf = |v: f32| half::bf16::from_f32(v).to_f32() as f64;
         for dtype in [DType::F16, DType::BF16] {
-            let (rows, k) = (40, 72);
+            let (rows, k) = (40, 96);
             let wb = dense_weight(&mut rng, dtype, rows, k);
             // The copy holds the weights rounded to bf16.
             let w: Vec<f32> = values(dtype, &wb).iter().map(|&v| bf(v) as f32).collect();
@@ -528,8 +585,7 @@ mod tests {
             p.dequantize_row(5, &mut row);
             assert_eq!(row, w[5 * k..6 * k]);
             for nt in [1, 3, 4, 7, 13] {
-                let x: Vec<f32> = (0..nt).flat_map(|_| random_x(&mut rng, k + 24)).collect();
-                let x: Vec<f32> = x.chunks(k + 24).flat_map(|c| c[..k].to_vec()).collect();
+                let x: Vec<f32> = (0..nt).flat_map(|_| random_x(&mut rng, k)).collect();
                 let check = |got: f32, r: usize, t: usize, round: &dyn Fn(f32) -> f64| {
                     let (wr, xt) = (&w[r * k..(r + 1) * k], &x[t * k..(t + 1) * k]);
                     let want: f64 = wr.iter().zip(xt).map(|(&a, &b)| round(a) * round(b)).sum();
@@ -552,10 +608,13 @@ mod tests {
                     }
                 }
                 let mut acts = Bf16Acts::default();
-                acts.convert(&x, nt, k);
                 let mut tile = Bf16Tile::default();
-                for g0 in [0, 2] {
-                    let mut out = vec![0f32; nt * TILE_ROWS];
+                for (amx, g0) in [(false, 0), (false, 2), (true, 0), (true, 2)] {
+                    if amx && !amx_runs(k) {
+                        continue;
+                    }
+                    acts.convert_for(&x, nt, k, amx);
+                    let mut out = vec![0f32; acts.out_rows() * TILE_ROWS];
                     gemm_tile_bf16(&p, g0, &acts, &mut tile, &mut out);
                     for r in g0 * GROUP..(g0 * GROUP + TILE_ROWS).min(rows) {
                         (0..nt).for_each(|t| check(out[t * TILE_ROWS + r - g0 * GROUP], r, t, &bf));

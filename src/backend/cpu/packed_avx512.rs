@@ -451,3 +451,21 @@ pub unsafe fn bf16_tile_dots<const T: usize, const G: usize>(
         }
     }
 }
+
+/// `out[i] = bf16(x[i])` (round to nearest even), `out.len() == x.len()`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI and BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx2,fma,f16c")]
+pub unsafe fn bf16_row(x: &[f32], out: &mut [u16]) {
+    assert_eq!(x.len(), out.len());
+    let mut i = 0;
+    while i + 16 <= x.len() {
+        let v = _mm512_cvtneps_pbh(load::<__m512>(x.as_ptr().add(i) as *const u8));
+        *(out.as_mut_ptr().add(i) as *mut Unaligned<__m256bh>) = Unaligned(v);
+        i += 16;
+    }
+    for j in i..x.len() {
+        out[j] = half::bf16::from_f32(x[j]).to_bits();
+    }
+}
