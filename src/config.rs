@@ -329,17 +329,17 @@ pub struct EngineConfig {
     /// Quantized weights: 8-bit activations with integer dot products (fast, as llama.cpp),
     /// or exact f32 (`exact`: matches transformers on the dequantized weights).
     pub matmul_precision: crate::backend::cpu::MatmulPrecision,
-    /// Element type of the KV cache: `auto` (f16 with `int8` matmuls on quantized weights,
-    /// else f32), `f16` or `f32`.
+    /// Element type of the KV cache: `auto` (f16 with `int8` matmuls on quantized or
+    /// 16-bit weights, else f32), `f16` or `f32`.
     pub kv_cache_dtype: KvCacheDtype,
 }
 
 /// The `kv_cache_dtype` option (vLLM's name).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KvCacheDtype {
-    /// f16 where the fast `int8` matmul path is in effect (int8 precision and quantized
-    /// weights: its own error is far above f16 rounding); f32 otherwise (`exact`, whose
-    /// outputs are held to an f32 reference bit for bit, and dense weights).
+    /// f16 where the fast `int8` matmul path is in effect (int8 precision and quantized or
+    /// 16-bit weights: its own error is far above f16 rounding); f32 otherwise (`exact`,
+    /// whose outputs are held to an f32 reference bit for bit, and f32 weights).
     #[default]
     Auto,
     F16,
@@ -348,7 +348,7 @@ pub enum KvCacheDtype {
 
 impl KvCacheDtype {
     /// The stored element type under `precision`, for a model whose attention weights
-    /// are `quantized` or not.
+    /// run on the fast path (`quantized`: not f32) or not.
     pub fn resolve(
         self,
         precision: crate::backend::cpu::MatmulPrecision,

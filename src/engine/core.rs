@@ -123,11 +123,13 @@ impl EngineCore {
             )));
         }
         let spec = ArchSpec::from_config(mc);
+        // Quantized and 16-bit weights leave exact f32 arithmetic under `int8` (8-bit or
+        // bf16 activations); f32 weights stay exact there.
         let quantized = model
             .weights
             .layers
             .first()
-            .is_some_and(|l| l.q.dtype.is_quantized());
+            .is_some_and(|l| l.q.dtype != crate::tensor::DType::F32);
         let kv_dtype = cfg.kv_cache_dtype.resolve(cfg.matmul_precision, quantized);
         let num_kv_blocks = match cfg.num_kv_blocks {
             Some(n) => n,
