@@ -151,14 +151,15 @@ pub(crate) fn token_bytes(tok: &tokenizers::Tokenizer) -> Result<Vec<Vec<u8>>> {
 /// The `TokenizerEnv` llguidance runs on.
 struct LlmrtTokEnv {
     trie: TokTrie,
-    tokenizer: tokenizers::Tokenizer,
+    /// Shares the engine's tokenizer (a handle, not a copy).
+    tokenizer: Tokenizer,
 }
 
 impl LlmrtTokEnv {
     /// Tokenizes with the real tokenizer when its ids spell exactly these bytes (a
     /// pre-tokenizer that adds a prefix space would not), else greedily over the trie.
     fn encode(&self, s: &str) -> Vec<TokenId> {
-        if let Ok(enc) = self.tokenizer.encode(s, false) {
+        if let Ok(enc) = self.tokenizer.inner().encode(s, false) {
             let ids = enc.get_ids();
             let mut pos = 0;
             let bytes = s.as_bytes();
@@ -217,6 +218,6 @@ pub(crate) fn tok_env(tokenizer: &Tokenizer, eos_ids: &[u32], vocab_size: usize)
     }
     Ok(Arc::new(LlmrtTokEnv {
         trie,
-        tokenizer: tokenizer.inner().clone(),
+        tokenizer: tokenizer.clone_handle(),
     }))
 }
