@@ -224,11 +224,6 @@ impl PackedRows {
         self.rows.div_ceil(GROUP)
     }
 
-    /// Bytes held.
-    pub fn size_bytes(&self) -> usize {
-        self.data.len() * 64
-    }
-
     /// Start of group `g`.
     pub(crate) fn group_ptr(&self, g: usize) -> *const u8 {
         assert!(g < self.groups());
@@ -405,7 +400,7 @@ pub fn gemm_tile_bf16(
     // SAFETY: BF16 checked above; the tile holds 2 lines per pair; `acts` holds
     // `rows.div_ceil(6)` blocks of `pairs * 6` words; `out` holds `rows * 32` values.
     unsafe {
-        use super::packed_avx512::{bf16_tile, bf16_tile_dots};
+        use super::packed_avx512::bf16_tile;
         let t = tile.0.as_mut_ptr() as *mut u8;
         if two {
             bf16_tile::<2>(p, g0, t);
@@ -423,28 +418,8 @@ pub fn gemm_tile_bf16(
             }
             return;
         }
-        let (t, x, o) = (t as *const u8, acts.xb.as_ptr(), out.as_mut_ptr());
-        let full = acts.rows / TOKEN_BLOCK;
-        macro_rules! go {
-            ($n:expr, $b0:expr, $b1:expr) => {
-                if two {
-                    bf16_tile_dots::<$n, 2>(t, pairs, x, $b0, $b1, o)
-                } else {
-                    bf16_tile_dots::<$n, 1>(t, pairs, x, $b0, $b1, o)
-                }
-            };
-        }
-        if full > 0 {
-            go!(TOKEN_BLOCK, 0, full);
-        }
-        match acts.rows - full * TOKEN_BLOCK {
-            0 => {}
-            1 => go!(1, full, full + 1),
-            2 => go!(2, full, full + 1),
-            3 => go!(3, full, full + 1),
-            4 => go!(4, full, full + 1),
-            _ => go!(5, full, full + 1),
-        }
+        let (x, o) = (acts.xb.as_ptr(), out.as_mut_ptr());
+        super::packed_avx512::bf16_tile_all(t, two, pairs, x, acts.rows, o);
     }
 }
 

@@ -7,19 +7,9 @@
 
 use super::packed::{lines_per_block, PackedRows, DENSE_STEP, GROUP};
 use super::qdot_q8::{Q8Acts, Q8Row, TILE_ROWS, TOKEN_BLOCK};
+use super::qdot_q8_avx512::{f32_at, load, store};
 use crate::tensor::DType;
 use std::arch::x86_64::*;
-
-/// A `T` at an unaligned address (see `qdot_q8_avx512`).
-#[derive(Clone, Copy)]
-#[repr(C, packed)]
-struct Unaligned<T: Copy>(T);
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn load<T: Copy>(p: *const u8) -> T {
-    (*(p as *const Unaligned<T>)).0
-}
 
 /// The 32-bit word at `p` in every lane.
 #[inline]
@@ -32,7 +22,7 @@ unsafe fn bcast(p: *const u8) -> __m512i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn bcast_f32(p: *const f32, i: usize) -> __m512 {
-    _mm512_set1_ps(load::<f32>(p.wrapping_add(i) as *const u8))
+    _mm512_set1_ps(f32_at(p, i))
 }
 
 /// The 16 f16 at `p` as f32.
@@ -178,6 +168,27 @@ unsafe fn groups_t<const T: usize, const KIND: usize>(
     }
 }
 
+/// Runs `$go!(T, tb0, tb1)` over the token blocks of `$rows` token rows: the full
+/// 6-token blocks with `T` = 6, then the last partial block with its own `T` (the kernels
+/// take the token count as a constant).
+macro_rules! token_blocks {
+    ($rows:expr, $go:ident) => {{
+        let rows: usize = $rows;
+        let full = rows / TOKEN_BLOCK;
+        if full > 0 {
+            $go!(TOKEN_BLOCK, 0, full);
+        }
+        match rows - full * TOKEN_BLOCK {
+            0 => {}
+            1 => $go!(1, full, full + 1),
+            2 => $go!(2, full, full + 1),
+            3 => $go!(3, full, full + 1),
+            4 => $go!(4, full, full + 1),
+            _ => $go!(5, full, full + 1),
+        }
+    }};
+}
+
 /// See `packed::gemm_tile`.
 ///
 /// # Safety
@@ -186,7 +197,6 @@ unsafe fn groups_t<const T: usize, const KIND: usize>(
 pub unsafe fn gemm_tile(p: &PackedRows, g0: usize, acts: &Q8Acts, out: &mut [f32]) {
     let two = g0 + 1 < p.groups();
     let rows = acts.rows();
-    let full = rows / TOKEN_BLOCK;
     let o = out.as_mut_ptr();
     macro_rules! go {
         ($t:expr, $b0:expr, $b1:expr) => {
@@ -200,17 +210,7 @@ pub unsafe fn gemm_tile(p: &PackedRows, g0: usize, acts: &Q8Acts, out: &mut [f32
             }
         };
     }
-    if full > 0 {
-        go!(TOKEN_BLOCK, 0, full);
-    }
-    match rows - full * TOKEN_BLOCK {
-        0 => {}
-        1 => go!(1, full, full + 1),
-        2 => go!(2, full, full + 1),
-        3 => go!(3, full, full + 1),
-        4 => go!(4, full, full + 1),
-        _ => go!(5, full, full + 1),
-    }
+    token_blocks!(rows, go);
 }
 
 /// Token blocks `tb0..tb1` (their first `T <= 6` tokens) x `G` groups from `g0`:
@@ -421,6 +421,31 @@ pub unsafe fn bf16_tile<const G: usize>(p: &PackedRows, g0: usize, tile: *mut u8
     }
 }
 
+/// `bf16_tile_dots` over every token block of `rows` token rows, for the tile of `G` = 2
+/// groups (`two`) or 1.
+///
+/// # Safety
+/// As `bf16_tile_dots`, with `xb` holding `rows.div_ceil(6)` blocks.
+pub unsafe fn bf16_tile_all(
+    tile: *const u8,
+    two: bool,
+    pairs: usize,
+    xb: *const u32,
+    rows: usize,
+    out: *mut f32,
+) {
+    macro_rules! go {
+        ($n:expr, $b0:expr, $b1:expr) => {
+            if two {
+                bf16_tile_dots::<$n, 2>(tile, pairs, xb, $b0, $b1, out)
+            } else {
+                bf16_tile_dots::<$n, 1>(tile, pairs, xb, $b0, $b1, out)
+            }
+        };
+    }
+    token_blocks!(rows, go);
+}
+
 /// Token blocks `tb0..tb1` (first `T` tokens each) x the bf16 tile of `G` groups:
 /// `vdpbf16ps` of each tile line with a broadcast bf16 pair of each token; writes
 /// `out[t * 32 + 16 i + lane]`.
@@ -428,7 +453,7 @@ pub unsafe fn bf16_tile<const G: usize>(p: &PackedRows, g0: usize, tile: *mut u8
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI and BF16; `tile` as built by `bf16_tile::<G>`, `xb` holds the blocks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx2,fma,f16c")]
-pub unsafe fn bf16_tile_dots<const T: usize, const G: usize>(
+unsafe fn bf16_tile_dots<const T: usize, const G: usize>(
     tile: *const u8,
     pairs: usize,
     xb: *const u32,
@@ -469,7 +494,7 @@ pub unsafe fn bf16_row(x: &[f32], out: &mut [u16]) {
     let mut i = 0;
     while i + 16 <= x.len() {
         let v = _mm512_cvtneps_pbh(load::<__m512>(x.as_ptr().add(i) as *const u8));
-        *(out.as_mut_ptr().add(i) as *mut Unaligned<__m256bh>) = Unaligned(v);
+        store(out.as_mut_ptr().add(i) as *mut u8, v);
         i += 16;
     }
     for j in i..x.len() {

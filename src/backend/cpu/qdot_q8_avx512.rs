@@ -20,24 +20,24 @@ use std::arch::x86_64::*;
 /// `read_unaligned` carry in builds with debug assertions.
 #[derive(Clone, Copy)]
 #[repr(C, packed)]
-struct Unaligned<T: Copy>(T);
+pub(super) struct Unaligned<T: Copy>(T);
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn load<T: Copy>(p: *const u8) -> T {
+pub(super) unsafe fn load<T: Copy>(p: *const u8) -> T {
     (*(p as *const Unaligned<T>)).0
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn store<T: Copy>(p: *mut u8, v: T) {
+pub(super) unsafe fn store<T: Copy>(p: *mut u8, v: T) {
     *(p as *mut Unaligned<T>) = Unaligned(v);
 }
 
 /// The f32 at `p + 4 i`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn f32_at(p: *const f32, i: usize) -> f32 {
+pub(super) unsafe fn f32_at(p: *const f32, i: usize) -> f32 {
     load::<f32>(p.wrapping_add(i) as *const u8)
 }
 
